@@ -1,0 +1,45 @@
+"""Demo: the small MNIST CNN trained under Gaussian noise (sigma = 0.25) on the embedded digits.
+
+Trains on the 4,000 embedded real MNIST training digits that ship with smoothjax
+(no download) and evaluates on the 1,000 embedded test digits.
+
+  python train.py --config configs/default.py --workdir workdirs/demo
+
+Expected runtime: about 1-2 minutes on 2 CPU cores; seconds on a GPU.
+Expected result: about 95% clean test accuracy and 94% under the training noise.
+Any field can be overridden, e.g. --config.num_epochs=20 --config.noise_sd=0.5.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # Data.
+  config.dataset = "embedded_mnist"  # or "idx:/path/to/folder", or a TFDS name
+  config.data_dir = ""  # TFDS data_dir (empty: TFDS default)
+  config.eval_split = "test"
+  # Model.
+  config.model = "cnn"
+  # Training mode and noise: "standard" (clean) or "gaussian" (Cohen et al. 2019).
+  config.mode = "gaussian"
+  config.noise_sd = 0.25
+  # Optimisation.
+  config.num_epochs = 6
+  config.batch_size = 64
+  config.eval_batch_size = 500
+  config.optimizer = "sgd"
+  config.learning_rate = 0.02
+  config.momentum = 0.9
+  config.nesterov = False
+  config.weight_decay = 5e-4
+  config.schedule = "cosine"  # "constant", "step" or "cosine"
+  config.warmup_epochs = 1
+  config.lr_step_epochs = 30  # for "step"
+  config.lr_decay = 0.1  # for "step"
+  # Bookkeeping.
+  config.seed = 0
+  config.checkpoint_every_epochs = 1
+  config.keep_checkpoints = 3
+  config.progress = True
+  return config

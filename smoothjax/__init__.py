@@ -1,0 +1,1 @@
+"""smoothjax: randomized smoothing in JAX and Flax."""

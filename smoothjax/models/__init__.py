@@ -1,0 +1,130 @@
+"""Flax NNX image classifiers whose inputs are NHWC float32 images in [0, 1].
+
+Every model normalises its input first, ``(x - mean) / std`` per channel, so noise and
+attacks act in [0, 1] pixel space and any ``logits_fn = model`` can be smoothed. The
+constants are :class:`NormalizationConstant` state (a subclass of ``nnx.BatchStat``, not
+``nnx.Param``): ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` never trains them, and
+``nnx.split``/``nnx.merge`` and checkpoints of ``nnx.state(model)`` carry them.
+
+Models are built in eval mode. ``model.train()`` (flax's ``Module.train``, which sets
+``use_running_average=False`` on every BatchNorm) makes BatchNorm normalise with batch
+statistics and update its running averages (``0.9 * old + 0.1 * batch``, PyTorch's
+default, with epsilon 1e-5); ``model.eval()`` switches back to the running averages, which
+makes each example's logits independent of the rest of its batch. The mode is a static
+attribute, so split after setting it, or call ``train()``/``eval()`` after ``nnx.merge``
+inside the jitted function. Unlike PyTorch, the running variance is the biased batch
+variance.
+
+Example::
+
+  model = models.create("resnet20", num_classes=10, mean=(0.4914, 0.4822, 0.4465),
+                        std=(0.2470, 0.2435, 0.2616), rngs=nnx.Rngs(params=0))
+  logits = model(images)  # (N, 10) float32
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from smoothjax.errors import InputError
+from smoothjax.models.cnn import (
+  CNN,
+  CNNTiny,
+  LeNet,
+  NormalizationConstant,
+  Normalize,
+)
+from smoothjax.models.resnet import (
+  BasicBlock,
+  Bottleneck,
+  ResNet,
+  ResNet18,
+  ResNet18Tiny,
+  ResNet20,
+  ResNet50,
+  ResNet56,
+  ResNet110,
+  ResNetTiny,
+)
+
+_CONSTRUCTORS = {
+  "cnn": CNN,
+  "cnn_tiny": CNNTiny,
+  "lenet": LeNet,
+  "resnet20": ResNet20,
+  "resnet56": ResNet56,
+  "resnet110": ResNet110,
+  "resnet_tiny": ResNetTiny,
+  "resnet18": ResNet18,
+  "resnet50": ResNet50,
+  "resnet18_tiny": ResNet18Tiny,
+}
+
+MODELS: tuple[str, ...] = tuple(_CONSTRUCTORS)
+
+
+def create(
+  name: str,
+  *,
+  num_classes: int,
+  mean,
+  std,
+  rngs: nnx.Rngs,
+  dtype=jnp.float32,
+  input_shape: tuple[int, int, int] | None = None,
+) -> nnx.Module:
+  """Builds the model called ``name``, in eval mode.
+
+  Args:
+    name: one of :data:`MODELS`.
+    num_classes: number of output logits.
+    mean: per-channel mean of the [0, 1] training images (one value per channel).
+    std: per-channel standard deviation of the [0, 1] training images.
+    rngs: random streams for parameter initialisation (the ``params`` stream is used).
+    dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32 and the
+      logits are float32.
+    input_shape: ``(H, W, C)`` of the inputs. ``cnn``, ``cnn_tiny`` and ``lenet`` size
+      their linear head from it (default ``(28, 28, C)``); ResNets only check ``C``.
+
+  Returns:
+    An ``nnx.Module`` mapping ``(N, H, W, C)`` float images in [0, 1] to
+    ``(N, num_classes)`` float32 logits.
+  """
+  if name not in _CONSTRUCTORS:
+    raise InputError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+  if int(num_classes) < 1:
+    raise InputError(f"num_classes must be a positive integer, got {num_classes!r}")
+  return _CONSTRUCTORS[name](
+    int(num_classes), mean, std, input_shape=input_shape, rngs=rngs, dtype=dtype
+  )
+
+
+def param_count(model: nnx.Module) -> int:
+  """Number of trainable (``nnx.Param``) scalars; works on ``nnx.eval_shape`` models too."""
+  return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+__all__ = [
+  "MODELS",
+  "BasicBlock",
+  "Bottleneck",
+  "CNN",
+  "CNNTiny",
+  "LeNet",
+  "NormalizationConstant",
+  "Normalize",
+  "ResNet",
+  "ResNet18",
+  "ResNet18Tiny",
+  "ResNet20",
+  "ResNet50",
+  "ResNet56",
+  "ResNet110",
+  "ResNetTiny",
+  "create",
+  "param_count",
+]

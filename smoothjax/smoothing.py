@@ -1,0 +1,560 @@
+"""Monte Carlo vote counting, PREDICT and CERTIFY for smoothed classifiers.
+
+The smoothed classifier of a base classifier ``f`` under noise ``q`` is
+``g(x) = argmax_c P[f(x + eps) = c]``, ``eps ~ q`` (Cohen, Rosenfeld & Kolter
+2019, "Certified Adversarial Robustness via Randomized Smoothing").
+
+* :func:`certify` is their Algorithm 1: count the votes of ``n0`` noise
+  samples and take the top class ``cA``; count ``n`` *fresh* samples; bound
+  ``pA`` from below with the one-sided Clopper-Pearson bound at level
+  ``alpha``; abstain (-1) if the bound is below 1/2, else certify the radius
+  ``noise.radius(pA_lower)`` (``sigma * Phi^-1(pA_lower)`` in l2 for
+  Gaussian noise). With probability at least ``1 - alpha`` over the sampling,
+  ``g(x + delta) = cA`` for every ``||delta|| < radius``.
+* :func:`predict` is their Algorithm 2: top two vote counts ``nA, nB`` of
+  ``n`` samples; return ``cA`` if the two-sided binomial test of ``nA`` in
+  ``nA + nB`` trials at p = 1/2 has p-value <= ``alpha``, else abstain (-1).
+
+Ties between vote counts go to the lowest class index.
+
+Sampling, forward passes and counting run in one jitted computation that
+loops over chunks of ``batch_size`` forward passes on the device, so memory is
+bounded by ``batch_size`` and only integer vote counts come back to the host,
+where the bounds are computed with SciPy (:mod:`smoothjax.stats`).
+
+Key derivation (results depend only on the keys and the settings, never on the
+batch size or the number of devices):
+
+* the noise of sample ``s`` (``0 <= s < num``) drawn by :func:`sample_counts`
+  with ``key`` is ``noise.sample(jax.random.fold_in(key, s), x.shape)``;
+* :func:`certify` counts its ``n0`` selection samples with key
+  ``fold_in(key, 0)`` and its ``n`` estimation samples with ``fold_in(key, 1)``;
+* :func:`predict` counts its ``n`` samples with ``fold_in(key, 2)``;
+* the batched functions take one key per input (derive them as
+  ``fold_in(base_key, dataset_index)``) and give for input ``i`` exactly what
+  the single-input function gives with ``keys[i]``.
+
+Noise is bit-identical under any chunking; the votes are then identical as long
+as the forward pass gives the same logits for an input whatever the batch it is
+in (true of the usual models; a backend that picks a different algorithm per
+batch shape can, in a near-tie, flip a vote).
+
+``logits_fn(x_batch) -> logits`` maps a float32 ``(N, H, W, C)`` batch with
+values around [0, 1] (noise is added in pixel space and not clipped) to ``(N,
+K)`` logits. A plain function is a static argument of ``jax.jit``: pass the
+same function object every time to reuse the compiled computation, and note
+that arrays it closes over are compiled in as constants. A callable pytree (a
+``jax.tree_util.Partial(apply_fn, params)`` or a Flax NNX module in eval mode)
+is passed as an argument instead: its arrays are not baked into the program
+and new parameter values of the same shapes do not recompile.
+
+Example::
+
+  noise = Gaussian(sigma=0.25)
+  fn = jax.tree_util.Partial(apply_fn, params)
+  cert = certify(fn, image, jax.random.fold_in(key, index), noise=noise,
+                 n0=100, n=100_000, alpha=0.001, batch_size=1000)
+  cert.prediction, cert.radius
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from smoothjax import stats
+from smoothjax.errors import InputError
+from smoothjax.noise import Noise
+from smoothjax.parallel import DATA_AXIS
+
+ABSTAIN = -1
+
+# Phase tags folded into the caller's key (see the module docstring).
+_SELECTION, _ESTIMATION, _PREDICTION = 0, 1, 2
+
+# Slack for pixel values that left [0, 1] through float rounding.
+_RANGE_SLACK = 1e-6
+_INT32_MAX = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Certificate:
+  """The outcome of CERTIFY for one input.
+
+  Attributes:
+    prediction: the certified class, or -1 (:data:`ABSTAIN`).
+    radius: certified radius in the noise's primary norm (l2 for Gaussian); 0
+      when abstaining.
+    p_lower: the lower confidence bound on the top class's probability.
+    top_class: the class selected from the selection votes, also when abstaining.
+    counts: votes per class of the ``n`` estimation samples (int64, ``(K,)``).
+    counts_selection: votes per class of the ``n0`` selection samples.
+    radii: certified radius in every norm the noise certifies.
+  """
+
+  prediction: int
+  radius: float
+  p_lower: float
+  top_class: int
+  counts: np.ndarray
+  counts_selection: np.ndarray
+  radii: dict[str, float]
+
+  @property
+  def abstained(self) -> bool:
+    return self.prediction == ABSTAIN
+
+  def __eq__(self, other):
+    if not isinstance(other, Certificate):
+      return NotImplemented
+    return (
+        self.prediction == other.prediction
+        and self.radius == other.radius
+        and self.p_lower == other.p_lower
+        and self.top_class == other.top_class
+        and np.array_equal(self.counts, other.counts)
+        and np.array_equal(self.counts_selection, other.counts_selection)
+        and self.radii == other.radii
+    )
+
+  __hash__ = None
+
+
+# --------------------------------------------------------------------------
+# Device side: one jitted loop over chunks of (phase, input, sample) triples.
+
+
+def _count_votes(fn_static, fn_dynamic, xs, keys, *, noise, nums, batch_size, num_classes, mesh):
+  """Votes ``(P, B, K)`` for phases ``p`` with ``nums[p]`` samples of every input.
+
+  ``keys`` is ``(P, B)``: the key of phase ``p`` of input ``b``. The triples
+  (p, b, s) are enumerated phase by phase, sample-major within a phase, and
+  processed ``batch_size`` at a time; the noise of a triple depends only on
+  ``keys[p, b]`` and ``s``, so the chunking does not change it.
+  """
+  fn = fn_dynamic if fn_static is None else fn_static
+  num_phases, num_inputs = keys.shape
+  flat_keys = keys.reshape(-1)
+  image_shape = xs.shape[1:]
+  # Checked while tracing, so a cached computation costs nothing per call.
+  num_classes = _num_classes(fn, image_shape, num_classes)
+  ends = np.cumsum([num_inputs * n for n in nums])
+  starts = np.concatenate([[0], ends[:-1]])
+  total = int(ends[-1])
+  num_chunks = -(-total // batch_size)
+  chunk_sharding = None if mesh is None else NamedSharding(mesh, P(DATA_AXIS))
+
+  def constrain(a):
+    return a if chunk_sharding is None else jax.lax.with_sharding_constraint(a, chunk_sharding)
+
+  def draw(key, s):
+    return noise.sample(jax.random.fold_in(key, s), image_shape, jnp.float32)
+
+  def body(chunk, counts):
+    t = constrain(chunk * batch_size + jnp.arange(batch_size, dtype=jnp.int32))
+    phase = jnp.zeros_like(t)
+    for end in ends[:-1]:
+      phase += (t >= end).astype(jnp.int32)
+    local = t - jnp.asarray(starts, jnp.int32)[phase]
+    b = local % num_inputs
+    s = local // num_inputs
+    eps = jax.vmap(draw)(flat_keys[phase * num_inputs + b], s)
+    logits = fn(constrain(xs[b] + eps))
+    votes = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    # The padding triples past `total` fall in range but add 0.
+    slot = (phase * num_inputs + b) * num_classes + votes
+    return counts.at[slot].add((t < total).astype(jnp.int32))
+
+  counts = jnp.zeros(num_phases * num_inputs * num_classes, jnp.int32)
+  counts = jax.lax.fori_loop(0, num_chunks, body, counts)
+  counts = counts.reshape(num_phases, num_inputs, num_classes)
+  if mesh is not None:
+    counts = jax.lax.with_sharding_constraint(counts, NamedSharding(mesh, P()))
+  return counts
+
+
+_count_votes_jit = jax.jit(
+    _count_votes,
+    static_argnames=("fn_static", "noise", "nums", "batch_size", "num_classes", "mesh"),
+)
+
+
+@jax.jit
+def _range_stats(x):
+  return jnp.all(jnp.isfinite(x)), jnp.min(x), jnp.max(x)
+
+
+# --------------------------------------------------------------------------
+# Host side: validation, dispatch, statistics.
+
+
+def _check_images(x, rank: int, what: str):
+  """Checks a float image array of ``rank`` with values in [0, 1]; returns it."""
+  if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+    x = np.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise InputError(f"{what} must be a float array with values in [0, 1], got dtype {x.dtype}")
+  if x.ndim != rank or x.size == 0:
+    layout = "HWC" if rank == 3 else "NHWC"
+    raise InputError(f"{what} must be a non-empty {layout} array, got shape {tuple(x.shape)}")
+  if isinstance(x, jax.Array):
+    finite, lo, hi = jax.device_get(_range_stats(x))
+  else:
+    finite, lo, hi = np.all(np.isfinite(x)), np.min(x), np.max(x)
+  if not finite:
+    raise InputError(f"{what} contains NaN or infinite values; clean the input")
+  if lo < -_RANGE_SLACK or hi > 1 + _RANGE_SLACK:
+    raise InputError(
+        f"{what} values span [{float(lo):.4g}, {float(hi):.4g}]; scale pixels to [0, 1]"
+    )
+  return x
+
+
+def _check_keys(keys, shape: tuple[int, ...], what: str):
+  if not (
+      isinstance(keys, jax.Array) and jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
+  ):
+    raise InputError(f"{what} must be a typed PRNG key array from jax.random.key(seed)")
+  if keys.shape != shape:
+    raise InputError(f"{what} must have shape {shape}, got {keys.shape}")
+  return keys
+
+
+def _split_fn(logits_fn):
+  """(static, dynamic): a callable pytree with leaves travels as an argument."""
+  if not callable(logits_fn):
+    raise InputError(f"logits_fn must be callable, got {type(logits_fn).__name__}")
+  leaves = jax.tree.leaves(logits_fn)
+  if len(leaves) == 1 and leaves[0] is logits_fn:
+    return logits_fn, None
+  return None, logits_fn
+
+
+def _num_classes(logits_fn, image_shape, num_classes) -> int:
+  """The number of vote bins: ``num_classes``, or by default the logits width."""
+  probe = jax.ShapeDtypeStruct((2, *image_shape), jnp.float32)
+  out = jax.eval_shape(logits_fn, probe)
+  if not hasattr(out, "shape") or out.ndim != 2 or out.shape[0] != 2 or out.shape[1] < 1:
+    got = getattr(out, "shape", type(out).__name__)
+    raise InputError(f"logits_fn must map (N, H, W, C) inputs to (N, K) logits, got {got}")
+  width = int(out.shape[1])
+  if num_classes is None:
+    return width
+  if num_classes < width:
+    raise InputError(
+        f"num_classes={num_classes} is smaller than the {width} logits of logits_fn; "
+        "leave it unset or raise it"
+    )
+  return num_classes
+
+
+def _votes(logits_fn, xs, phase_keys, *, noise, nums, batch_size, num_classes, mesh):
+  """Runs the jitted vote counting; returns host int64 counts ``(P, B, K)``."""
+  if not isinstance(noise, Noise):
+    raise InputError(f"noise must be a smoothjax.noise.Noise, got {type(noise).__name__}")
+  batch_size = stats.check_count("batch_size", batch_size)
+  if num_classes is not None:
+    num_classes = stats.check_count("num_classes", num_classes)
+  if mesh is not None:
+    if not isinstance(mesh, Mesh) or DATA_AXIS not in mesh.axis_names:
+      raise InputError(f"mesh must be a jax Mesh with a {DATA_AXIS!r} axis (parallel.make_mesh)")
+    shards = mesh.shape[DATA_AXIS]
+    batch_size = -(-batch_size // shards) * shards
+  total = xs.shape[0] * sum(nums)
+  if total + batch_size > _INT32_MAX:
+    raise InputError(
+        f"{total} forward passes in one call overflow int32 indices; pass fewer inputs per call"
+    )
+  fn_static, fn_dynamic = _split_fn(logits_fn)
+  xs = jnp.asarray(xs, jnp.float32)
+  if mesh is not None:
+    # Every device draws samples of every input, so inputs and parameters are replicated.
+    xs, phase_keys, fn_dynamic = jax.device_put(
+        (xs, phase_keys, fn_dynamic), NamedSharding(mesh, P())
+    )
+  counts = _count_votes_jit(
+      fn_static,
+      fn_dynamic,
+      xs,
+      phase_keys,
+      noise=noise,
+      nums=tuple(nums),
+      batch_size=batch_size,
+      num_classes=num_classes,
+      mesh=mesh,
+  )
+  if not counts.is_fully_addressable:
+    # Replicated over several hosts: every host holds the full result.
+    counts = counts.addressable_data(0)
+  return np.asarray(counts).astype(np.int64)
+
+
+def _fold(keys, tag: int):
+  return jax.vmap(lambda k: jax.random.fold_in(k, tag))(keys)
+
+
+def sample_counts(logits_fn, x, key, *, noise, num, batch_size, num_classes=None) -> jax.Array:
+  """Votes of the base classifier over ``num`` noisy copies of one input.
+
+  The noise of sample ``s`` is ``noise.sample(fold_in(key, s), x.shape)``, so the
+  counts do not depend on ``batch_size``.
+
+  Args:
+    logits_fn: ``(N, H, W, C) -> (N, K)`` base classifier logits (see module doc).
+    x: one image, ``(H, W, C)`` floats in [0, 1].
+    key: a typed PRNG key.
+    noise: the noise distribution.
+    num: number of noise samples.
+    batch_size: forward passes per step of the device loop.
+    num_classes: length of the result; default the logits width.
+
+  Returns:
+    int32 array ``(num_classes,)`` of votes, summing to ``num``.
+  """
+  x = _check_images(x, 3, "x")
+  key = _check_keys(key, (), "key")
+  num = stats.check_count("num", num)
+  counts = _votes(
+      logits_fn,
+      x[None],
+      key.reshape(1, 1),
+      noise=noise,
+      nums=(num,),
+      batch_size=batch_size,
+      num_classes=num_classes,
+      mesh=None,
+  )
+  return jnp.asarray(counts[0, 0], jnp.int32)
+
+
+def sample_counts_batch(
+    logits_fn, xs, keys, *, noise, num, batch_size, num_classes=None, mesh=None
+) -> jax.Array:
+  """Votes over ``num`` noisy copies of each of ``B`` inputs, one key per input.
+
+  Row ``i`` equals ``sample_counts(logits_fn, xs[i], keys[i], ...)``.
+
+  Args:
+    logits_fn: ``(N, H, W, C) -> (N, K)`` base classifier logits.
+    xs: images ``(B, H, W, C)``, floats in [0, 1].
+    keys: typed PRNG keys ``(B,)``, e.g. ``fold_in(base_key, dataset_index)``.
+    noise: the noise distribution.
+    num: number of noise samples per input.
+    batch_size: forward passes per step over all inputs together (rounded up to
+      a multiple of the mesh's ``data`` axis size).
+    num_classes: number of columns; default the logits width.
+    mesh: optional mesh (:func:`smoothjax.parallel.make_mesh`) whose ``data``
+      axis shares out the noise samples.
+
+  Returns:
+    int32 array ``(B, num_classes)``.
+  """
+  xs = _check_images(xs, 4, "xs")
+  keys = _check_keys(keys, (xs.shape[0],), "keys")
+  num = stats.check_count("num", num)
+  counts = _votes(
+      logits_fn,
+      xs,
+      keys[None],
+      noise=noise,
+      nums=(num,),
+      batch_size=batch_size,
+      num_classes=num_classes,
+      mesh=mesh,
+  )
+  return jnp.asarray(counts[0], jnp.int32)
+
+
+def certify_batch(logits_fn, xs, keys, *, noise, n0, n, alpha, batch_size, mesh=None):
+  """CERTIFY (Cohen et al. 2019, Algorithm 1) for a batch of inputs.
+
+  Selection and estimation votes of all inputs are counted in one device loop,
+  with keys ``fold_in(keys[i], 0)`` (``n0`` samples) and ``fold_in(keys[i], 1)``
+  (``n`` fresh samples). Entry ``i`` equals ``certify(..., xs[i], keys[i], ...)``.
+
+  Args:
+    logits_fn: ``(N, H, W, C) -> (N, K)`` base classifier logits.
+    xs: images ``(B, H, W, C)``, floats in [0, 1].
+    keys: typed PRNG keys ``(B,)``, one per input.
+    noise: the noise distribution.
+    n0: selection samples per input.
+    n: estimation samples per input.
+    alpha: failure probability of each certificate, in (0, 1).
+    batch_size: forward passes per device-loop step over all inputs together.
+    mesh: optional mesh whose ``data`` axis shares out the noise samples.
+
+  Returns:
+    A list of ``B`` :class:`Certificate`.
+  """
+  xs = _check_images(xs, 4, "xs")
+  keys = _check_keys(keys, (xs.shape[0],), "keys")
+  return _certify(
+      logits_fn, xs, keys, noise=noise, n0=n0, n=n, alpha=alpha, batch_size=batch_size, mesh=mesh
+  )
+
+
+def _certify(logits_fn, xs, keys, *, noise, n0, n, alpha, batch_size, mesh):
+  n0 = stats.check_count("n0", n0)
+  n = stats.check_count("n", n)
+  alpha = stats.check_alpha(alpha)
+  phase_keys = jnp.stack([_fold(keys, _SELECTION), _fold(keys, _ESTIMATION)])
+  selection, estimation = _votes(
+      logits_fn,
+      xs,
+      phase_keys,
+      noise=noise,
+      nums=(n0, n),
+      batch_size=batch_size,
+      num_classes=None,
+      mesh=mesh,
+  )
+  rows = np.arange(xs.shape[0])
+  top = np.argmax(selection, axis=1)  # ties: lowest class index
+  p_lower = np.atleast_1d(stats.clopper_pearson_lower(estimation[rows, top], n, alpha))
+  # Cohen et al. abstain iff the bound is below 1/2; exactly 1/2 certifies radius 0.
+  abstain = p_lower < 0.5
+  dim = int(np.prod(xs.shape[1:]))
+  radii = {
+      norm: np.where(abstain, 0.0, np.atleast_1d(noise.radius(p_lower, norm, dim=dim)))
+      for norm in noise.norms
+  }
+  primary = noise.norms[0]
+  return [
+      Certificate(
+          prediction=ABSTAIN if abstain[i] else int(top[i]),
+          radius=float(radii[primary][i]),
+          p_lower=float(p_lower[i]),
+          top_class=int(top[i]),
+          counts=estimation[i],
+          counts_selection=selection[i],
+          radii={norm: float(r[i]) for norm, r in radii.items()},
+      )
+      for i in rows
+  ]
+
+
+def certify(logits_fn, x, key, *, noise, n0, n, alpha, batch_size) -> Certificate:
+  """CERTIFY (Cohen et al. 2019, Algorithm 1) for one input.
+
+  Args:
+    logits_fn: ``(N, H, W, C) -> (N, K)`` base classifier logits.
+    x: one image ``(H, W, C)``, floats in [0, 1].
+    key: a typed PRNG key; selection uses ``fold_in(key, 0)``, estimation
+      ``fold_in(key, 1)``.
+    noise: the noise distribution.
+    n0: selection samples.
+    n: estimation samples.
+    alpha: failure probability of the certificate, in (0, 1).
+    batch_size: forward passes per device-loop step.
+
+  Returns:
+    A :class:`Certificate`.
+  """
+  x = _check_images(x, 3, "x")
+  key = _check_keys(key, (), "key")
+  return _certify(
+      logits_fn,
+      x[None],
+      key[None],
+      noise=noise,
+      n0=n0,
+      n=n,
+      alpha=alpha,
+      batch_size=batch_size,
+      mesh=None,
+  )[0]
+
+
+def predict_batch(logits_fn, xs, keys, *, noise, n, alpha, batch_size, mesh=None) -> np.ndarray:
+  """PREDICT (Cohen et al. 2019, Algorithm 2) for a batch of inputs.
+
+  Input ``i`` is counted with key ``fold_in(keys[i], 2)``.
+
+  Args:
+    logits_fn: ``(N, H, W, C) -> (N, K)`` base classifier logits.
+    xs: images ``(B, H, W, C)``, floats in [0, 1].
+    keys: typed PRNG keys ``(B,)``, one per input.
+    noise: the noise distribution.
+    n: samples per input.
+    alpha: probability of returning a class other than ``g(x)``, in (0, 1).
+    batch_size: forward passes per device-loop step over all inputs together.
+    mesh: optional mesh whose ``data`` axis shares out the noise samples.
+
+  Returns:
+    int64 array ``(B,)`` of predicted classes, -1 where abstaining.
+  """
+  xs = _check_images(xs, 4, "xs")
+  keys = _check_keys(keys, (xs.shape[0],), "keys")
+  return _predict(
+      logits_fn, xs, keys, noise=noise, n=n, alpha=alpha, batch_size=batch_size, mesh=mesh
+  )
+
+
+def _predict(logits_fn, xs, keys, *, noise, n, alpha, batch_size, mesh):
+  n = stats.check_count("n", n)
+  alpha = stats.check_alpha(alpha)
+  (counts,) = _votes(
+      logits_fn,
+      xs,
+      _fold(keys, _PREDICTION)[None],
+      noise=noise,
+      nums=(n,),
+      batch_size=batch_size,
+      num_classes=None,
+      mesh=mesh,
+  )
+  rows = np.arange(xs.shape[0])
+  top = np.argmax(counts, axis=1)  # ties: lowest class index
+  runner_up = counts.copy()
+  runner_up[rows, top] = -1
+  n_b = np.maximum(runner_up.max(axis=1), 0)  # 0 when there is a single class
+  pvalue = np.atleast_1d(stats.binom_pvalue(counts[rows, top], n_b))
+  return np.where(pvalue <= alpha, top, ABSTAIN).astype(np.int64)
+
+
+def predict(logits_fn, x, key, *, noise, n, alpha, batch_size) -> int:
+  """PREDICT (Cohen et al. 2019, Algorithm 2) for one input.
+
+  Args:
+    logits_fn: ``(N, H, W, C) -> (N, K)`` base classifier logits.
+    x: one image ``(H, W, C)``, floats in [0, 1].
+    key: a typed PRNG key; the samples use ``fold_in(key, 2)``.
+    noise: the noise distribution.
+    n: number of samples.
+    alpha: probability of returning a class other than ``g(x)``, in (0, 1).
+    batch_size: forward passes per device-loop step.
+
+  Returns:
+    The predicted class, or -1 (:data:`ABSTAIN`).
+  """
+  x = _check_images(x, 3, "x")
+  key = _check_keys(key, (), "key")
+  return int(
+      _predict(
+          logits_fn,
+          x[None],
+          key[None],
+          noise=noise,
+          n=n,
+          alpha=alpha,
+          batch_size=batch_size,
+          mesh=None,
+      )[0]
+  )
+
+
+__all__ = [
+    "ABSTAIN",
+    "Certificate",
+    "certify",
+    "certify_batch",
+    "predict",
+    "predict_batch",
+    "sample_counts",
+    "sample_counts_batch",
+]

@@ -1,0 +1,260 @@
+"""Tests for the resumable result files and the reader of Cohen et al.'s format."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from smoothjax.errors import InputError
+from smoothjax.results import (
+  CERTIFY_COLUMNS,
+  PREDICT_COLUMNS,
+  ResultWriter,
+  format_value,
+  parse_time,
+  read_results,
+  settings_path,
+)
+
+COLUMNS = CERTIFY_COLUMNS + ("p_lower", "count", "n", "radius_l1")
+SETTINGS = {"n0": 100, "n": 1000, "alpha": 0.001, "sigma": 0.25, "seed": 0}
+
+
+def make_row(i: int) -> dict:
+  label = i % 3
+  predict = -1 if i % 4 == 3 else (label if i % 5 else (label + 1) % 3)
+  return {
+    "idx": i,
+    "label": label,
+    "predict": predict,
+    "radius": 0.0 if predict == -1 else 0.1 * i + 0.01234,
+    "correct": int(predict == label),
+    "time": 1.5 + i,
+    "p_lower": 0.5 + i / 100,
+    "count": 900 + i,
+    "n": 1000,
+    "radius_l1": 0.3 * i,
+  }
+
+
+def write_all(path, rows, **kwargs):
+  with ResultWriter(path, COLUMNS, settings=SETTINGS, **kwargs) as w:
+    for row in rows:
+      if row["idx"] not in w.done:
+        w.write(row)
+    return set(w.done)
+
+
+def test_new_file_has_header_and_settings(tmp_path):
+  path = tmp_path / "sub" / "dir" / "certify.tsv"
+  with ResultWriter(path, COLUMNS, settings=SETTINGS) as w:
+    assert w.done == set()
+  assert path.read_text() == "\t".join(COLUMNS) + "\n"
+  assert json.loads(open(settings_path(path)).read()) == SETTINGS
+
+
+def test_row_format_matches_cohen_columns(tmp_path):
+  path = tmp_path / "c.tsv"
+  with ResultWriter(path, COLUMNS) as w:
+    w.write(
+      {
+        "idx": np.int64(7),
+        "label": 3,
+        "predict": np.int32(3),
+        "radius": np.float32(0.5),
+        "correct": True,
+        "time": 1.234567,
+        "p_lower": 0.69146246,
+        "count": 990,
+        "n": 1000,
+        "radius_l1": jnp.asarray(1.0 / 3.0),
+      }
+    )
+  line = path.read_text().splitlines()[1]
+  assert line == "7\t3\t3\t0.5000\t1\t0:00:01.234567\t0.691462\t990\t1000\t0.3333"
+  assert str(datetime.timedelta(seconds=1.234567)) == "0:00:01.234567"
+
+
+def test_resume_reads_done_and_appends(tmp_path):
+  path = tmp_path / "c.tsv"
+  rows = [make_row(i) for i in range(10)]
+  assert write_all(path, rows[:6]) == set(range(6))
+  with ResultWriter(path, COLUMNS, settings=SETTINGS) as w:
+    assert w.done == set(range(6))
+    with pytest.raises(ValueError, match="already"):
+      w.write(rows[2])  # A duplicate row would double-count an input.
+  assert write_all(path, rows) == set(range(10))
+  uninterrupted = tmp_path / "u.tsv"
+  write_all(uninterrupted, rows)
+  assert path.read_bytes() == uninterrupted.read_bytes()
+  assert list(read_results(path).idx) == list(range(10))
+
+
+def test_truncated_last_line_is_rewritten(tmp_path):
+  rows = [make_row(i) for i in range(8)]
+  reference = tmp_path / "reference.tsv"
+  write_all(reference, rows)
+  full_lines = reference.read_bytes().split(b"\n")
+  path = tmp_path / "killed.tsv"
+  write_all(path, rows[:5])
+  # Killed while writing row 5: part of its line, no newline.
+  with open(path, "ab") as f:
+    f.write(full_lines[6][:9])
+  assert read_results(path).idx.tolist() == [0, 1, 2, 3, 4]
+  with ResultWriter(path, COLUMNS, settings=SETTINGS) as w:
+    assert w.done == {0, 1, 2, 3, 4}
+    assert path.read_bytes().endswith(b"\n")
+  write_all(path, rows)
+  assert path.read_bytes() == reference.read_bytes()
+
+
+def test_header_cut_off_starts_afresh(tmp_path):
+  path = tmp_path / "c.tsv"
+  path.write_text("idx\tlab")
+  assert write_all(path, [make_row(0)]) == {0}
+  assert path.read_text().splitlines()[0] == "\t".join(COLUMNS)
+
+
+def test_header_mismatch_is_input_error(tmp_path):
+  path = tmp_path / "c.tsv"
+  write_all(path, [make_row(0)])
+  with pytest.raises(InputError, match="outfile"):
+    ResultWriter(path, CERTIFY_COLUMNS, settings=SETTINGS)
+  with pytest.raises(InputError, match="columns"):
+    ResultWriter(path, PREDICT_COLUMNS)
+
+
+def test_settings_mismatch_names_the_keys(tmp_path):
+  path = tmp_path / "c.tsv"
+  write_all(path, [make_row(0)])
+  other = dict(SETTINGS, sigma=0.5, workdir="/tmp/x")
+  with pytest.raises(InputError, match="sigma") as e:
+    ResultWriter(path, COLUMNS, settings=other)
+  message = str(e.value)
+  assert "workdir" in message and "alpha" not in message and "\n" not in message
+  # A file with no rows yet holds nothing to mix up: new settings replace the old.
+  empty = tmp_path / "empty.tsv"
+  ResultWriter(empty, COLUMNS, settings=SETTINGS).close()
+  ResultWriter(empty, COLUMNS, settings=other).close()
+  assert json.loads(open(settings_path(empty)).read())["sigma"] == 0.5
+  # Tuples, lists and NumPy scalars that are equal are the same settings.
+  tuple_settings = dict(SETTINGS, shape=(1, 2), n=np.int64(1000))
+  path2 = tmp_path / "d.tsv"
+  ResultWriter(path2, COLUMNS, settings=tuple_settings).close()
+  ResultWriter(path2, COLUMNS, settings=dict(SETTINGS, shape=[1, 2])).close()
+
+
+def test_rows_without_settings_file_are_refused(tmp_path):
+  path = tmp_path / "c.tsv"
+  with ResultWriter(path, COLUMNS) as w:
+    w.write(make_row(0))
+  with pytest.raises(InputError, match="settings"):
+    ResultWriter(path, COLUMNS, settings=SETTINGS)
+
+
+def test_existing_file_without_resume(tmp_path):
+  path = tmp_path / "c.tsv"
+  write_all(path, [make_row(0), make_row(1)])
+  before = path.read_bytes()
+  with pytest.raises(InputError, match="exists"):
+    ResultWriter(path, COLUMNS, settings=SETTINGS, resume=False)
+  assert path.read_bytes() == before
+  with ResultWriter(path, COLUMNS, settings=SETTINGS, resume=False, overwrite=True) as w:
+    assert w.done == set()
+  assert path.read_text() == "\t".join(COLUMNS) + "\n"
+
+
+def test_bad_rows_are_value_errors(tmp_path):
+  path = tmp_path / "c.tsv"
+  with ResultWriter(path, COLUMNS) as w:
+    row = make_row(0)
+    del row["time"]
+    with pytest.raises(ValueError, match="time") as e:
+      w.write(row)
+    assert not isinstance(e.value, InputError)
+    with pytest.raises(ValueError, match="unknown"):
+      w.write(dict(make_row(0), extra=1))
+    with pytest.raises(ValueError, match="integers"):
+      w.write(dict(make_row(0), label=1.5))
+    with pytest.raises(ValueError, match="tab"):
+      w.write(dict(make_row(0), time="1\t2"))
+  assert path.read_text() == "\t".join(COLUMNS) + "\n"
+
+
+def test_round_trip(tmp_path):
+  path = tmp_path / "c.tsv"
+  rows = [make_row(i) for i in range(12)]
+  write_all(path, rows)
+  r = read_results(path)
+  assert r.idx.tolist() == [row["idx"] for row in rows]
+  assert r.label.tolist() == [row["label"] for row in rows]
+  assert r.predict.tolist() == [row["predict"] for row in rows]
+  assert r.correct.tolist() == [row["correct"] for row in rows]
+  np.testing.assert_allclose(r.radius, [row["radius"] for row in rows], atol=5e-5)
+  np.testing.assert_allclose(r.extra["p_lower"], [row["p_lower"] for row in rows], atol=5e-7)
+  np.testing.assert_allclose(r.extra["radius_l1"], [row["radius_l1"] for row in rows], atol=5e-5)
+  np.testing.assert_array_equal(r.extra["time"], [row["time"] for row in rows])
+  np.testing.assert_array_equal(r.extra["count"], [row["count"] for row in rows])
+  assert r.has_radius and len(r) == 12 and r.path == os.fspath(path)
+
+
+COHEN_CERTIFY = (
+  "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+  "0\t3\t3\t0.512\t1\t0:00:01.234567\n"
+  "20\t8\t-1\t0.0\t0\t0:00:02.500000\n"
+  "40\t0\t5\t1.23e-05\t0\t1 day, 0:00:03\n"
+  "60\t7\t7\t0.937\t1\t0:01:00.000001\n"
+)
+COHEN_PREDICT = (
+  "idx\tlabel\tpredict\tcorrect\ttime\n0\t3\t3\t1\t0:00:00.120000\n20\t8\t-1\t0\t0:00:00.110000\n"
+)
+
+
+def test_reads_cohen_certify_output(tmp_path):
+  path = tmp_path / "cohen_certify.tsv"
+  path.write_text(COHEN_CERTIFY + "80\t2\t2\t0.3")  # A cut-off last line is ignored.
+  r = read_results(path)
+  assert r.idx.tolist() == [0, 20, 40, 60]
+  assert r.label.tolist() == [3, 8, 0, 7]
+  assert r.predict.tolist() == [3, -1, 5, 7]
+  assert r.correct.tolist() == [1, 0, 0, 1]
+  np.testing.assert_array_equal(r.radius, [0.512, 0.0, 1.23e-05, 0.937])
+  np.testing.assert_allclose(r.extra["time"], [1.234567, 2.5, 86403.0, 60.000001], rtol=1e-12)
+  assert r.idx.dtype == np.int64 and r.radius.dtype == np.float64
+
+
+def test_reads_cohen_predict_output(tmp_path):
+  path = tmp_path / "cohen_predict.tsv"
+  path.write_text(COHEN_PREDICT)
+  r = read_results(path)
+  assert r.predict.tolist() == [3, -1] and r.correct.tolist() == [1, 0]
+  assert np.isnan(r.radius).all() and r.radius.shape == (2,) and not r.has_radius
+  np.testing.assert_allclose(r.extra["time"], [0.12, 0.11])
+
+
+def test_parse_time_inverts_timedelta_str():
+  for seconds in [0.0, 1.234567, 59.999999, 3725.5, 90061.000001, 3 * 86400 + 7]:
+    assert parse_time(str(datetime.timedelta(seconds=seconds))) == pytest.approx(seconds, abs=1e-6)
+    assert format_value("time", seconds) == str(datetime.timedelta(seconds=seconds))
+
+
+def test_read_errors(tmp_path):
+  with pytest.raises(InputError, match="does not exist"):
+    read_results(tmp_path / "missing.tsv")
+  bad = tmp_path / "bad.tsv"
+  bad.write_text("index\tlabel\tpredict\tradius\tcorrect\n0\t1\t1\t0.5\t1\n")
+  with pytest.raises(InputError, match="idx"):
+    read_results(bad)
+  ragged = tmp_path / "ragged.tsv"
+  ragged.write_text(COHEN_CERTIFY + "1\t2\n")
+  with pytest.raises(InputError, match="line 6"):
+    read_results(ragged)
+  empty = tmp_path / "empty.tsv"
+  empty.write_text("")
+  with pytest.raises(InputError, match="header"):
+    read_results(empty)

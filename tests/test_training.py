@@ -1,0 +1,158 @@
+"""Training: loss falls, resume equals an uninterrupted run, 8 devices equal 1, bad configs."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from conftest import run_with_devices
+from flax import nnx
+
+from configs import default
+from smoothjax import checkpointing, training
+from smoothjax.errors import InputError
+
+
+def tiny_config(**overrides):
+  config = default.get_config()
+  config.model = "cnn_tiny"
+  config.num_epochs = 1
+  config.batch_size = 100
+  config.eval_batch_size = 1000
+  config.learning_rate = 0.02
+  config.schedule = "step"  # Values independent of num_epochs: extending a run is exact.
+  config.progress = False
+  for k, v in overrides.items():
+    config[k] = v
+  return config
+
+
+def params_of(workdir):
+  model, _, _, _ = checkpointing.restore_model(workdir)
+  return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run2"))
+  last = training.train_and_evaluate(tiny_config(num_epochs=2), workdir)
+  return workdir, last
+
+
+def test_loss_falls_and_model_learns(two_epoch_run):
+  workdir, last = two_epoch_run
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["epoch"] for r in rows] == [1, 2]
+  assert rows[0]["train_loss"] < np.log(10) - 0.3  # well below chance level
+  assert rows[1]["train_loss"] < rows[0]["train_loss"]
+  assert last["test_accuracy"] > 0.6
+  assert 0.0 < last["test_accuracy_noisy"] <= 1.0
+
+
+def test_resume_equals_uninterrupted_run(two_epoch_run, tmp_path):
+  workdir, _ = two_epoch_run
+  resumed = str(tmp_path / "resumed")
+  training.train_and_evaluate(tiny_config(num_epochs=1), resumed)
+  # Rerunning with a larger num_epochs continues from the epoch-1 checkpoint.
+  training.train_and_evaluate(tiny_config(num_epochs=2), resumed)
+  a, b = params_of(workdir), params_of(resumed)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  with open(os.path.join(resumed, "metrics.jsonl")) as f:
+    assert [json.loads(line)["epoch"] for line in f] == [1, 2]  # no duplicated epochs
+
+
+def test_rerun_of_finished_run_changes_nothing(two_epoch_run):
+  workdir, _ = two_epoch_run
+  before = params_of(workdir)
+  training.train_and_evaluate(tiny_config(num_epochs=2), workdir)
+  after = params_of(workdir)
+  for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_restored_model_is_in_eval_mode_and_matches_config(two_epoch_run):
+  workdir, _ = two_epoch_run
+  model, config, info, meta = checkpointing.restore_model(workdir)
+  assert config.model == "cnn_tiny" and meta["epoch"] == 2
+  assert info.num_classes == 10 and tuple(info.image_shape) == (28, 28, 1)
+  x = np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype(np.float32)
+  # Eval-mode BatchNorm: an example's logits do not depend on the rest of the batch.
+  np.testing.assert_allclose(model(x)[:1], model(x[:1]), rtol=1e-5, atol=1e-5)
+
+
+def test_restore_missing_workdir_is_clear(tmp_path):
+  with pytest.raises(InputError, match="no trained run"):
+    checkpointing.restore_model(str(tmp_path / "nothing"))
+
+
+def test_gaussian_mode_adds_noise_of_the_right_scale():
+  config = tiny_config(noise_sd=0.5)
+  images = np.full((4, 28, 28, 1), 0.5, np.float32)
+  out = training.MODES["gaussian"](None, jax.random.key(0), images, None, config)
+  noise = np.asarray(out) - images
+  assert abs(noise.std() - 0.5) < 0.02 and abs(noise.mean()) < 0.02
+  np.testing.assert_array_equal(
+    training.MODES["standard"](None, None, images, None, config), images
+  )
+
+
+@pytest.mark.parametrize(
+  "field,value,message",
+  [
+    ("noise_sd", -0.1, "noise_sd"),
+    ("batch_size", 0, "batch_size"),
+    ("mode", "magic", "unknown training mode"),
+    ("model", "resnet9000", "unknown model"),
+    ("learning_rate", 0.0, "learning_rate"),
+    ("optimizer", "lion", "unknown optimizer"),
+  ],
+)
+def test_invalid_config_rejected_before_writing(tmp_path, field, value, message):
+  workdir = tmp_path / "w"
+  with pytest.raises(InputError, match=message):
+    training.train_and_evaluate(tiny_config(**{field: value}), str(workdir))
+  assert not workdir.exists()
+
+
+def test_step_schedule_matches_cohen():
+  config = tiny_config(learning_rate=0.1, schedule="step", lr_step_epochs=30, lr_decay=0.1)
+  schedule = training.make_schedule(config, steps_per_epoch=10)
+  np.testing.assert_allclose(
+    [schedule(0), schedule(299), schedule(300), schedule(600)], [0.1, 0.1, 0.01, 0.001], rtol=1e-6
+  )
+
+
+def test_train_step_on_8_devices_equals_single_device():
+  out = run_with_devices(
+    """
+      import jax, numpy as np
+      from flax import nnx
+      from configs import default
+      from smoothjax import data, parallel, training
+      config = default.get_config()
+      config.model = "cnn_tiny"; config.batch_size = 16
+      ds = data.load("embedded_mnist")
+      images, labels = ds.split("train").get(np.arange(16))
+      def run(mesh):
+        trainer = training.make_trainer(config, ds.info, steps_per_epoch=10)
+        state = parallel.replicate(trainer.state(), mesh)
+        for step in range(2):
+          batch = parallel.shard_batch((images, labels), mesh)
+          state, m = trainer.train_step(state, *batch, jax.random.fold_in(jax.random.key(0), step))
+        return jax.tree.map(np.asarray, nnx.to_pure_dict(state)), float(m["loss"])
+      one, loss1 = run(parallel.make_mesh(jax.devices()[:1]))
+      eight, loss8 = run(parallel.make_mesh())
+      assert len(jax.devices()) == 8
+      pairs = zip(jax.tree.leaves(one), jax.tree.leaves(eight))
+      worst = max(float(np.max(np.abs(a - b))) for a, b in pairs)
+      print("MAXDIFF", worst, "LOSS", loss1, loss8)
+      """
+  )
+  line = [ln for ln in out.splitlines() if ln.startswith("MAXDIFF")][0].split()
+  assert float(line[1]) < 1e-5
+  assert abs(float(line[3]) - float(line[4])) < 1e-5
