@@ -84,8 +84,8 @@ class Noise(abc.ABC):
     norm = self.norms[0] if norm is None else norm
     if norm not in self.norms:
       raise InputError(
-          f"{type(self).__name__} noise certifies {', '.join(self.norms)}, not {norm!r}; "
-          "choose one of those norms"
+        f"{type(self).__name__} noise certifies {', '.join(self.norms)}, not {norm!r}; "
+        "choose one of those norms"
       )
     p = np.asarray(p_lower, dtype=np.float64)
     if np.any(np.isnan(p)) or np.any((p < 0) | (p > 1)):
@@ -103,10 +103,10 @@ class Noise(abc.ABC):
 
 def _check_scale(name: str, value) -> float:
   if (
-      isinstance(value, bool)
-      or not isinstance(value, numbers.Real)
-      or not math.isfinite(value)
-      or value <= 0
+    isinstance(value, bool)
+    or not isinstance(value, numbers.Real)
+    or not math.isfinite(value)
+    or value <= 0
   ):
     raise InputError(f"{name} must be a finite number > 0, got {value!r}; e.g. {name}=0.25")
   return float(value)

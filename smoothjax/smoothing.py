@@ -113,13 +113,13 @@ class Certificate:
     if not isinstance(other, Certificate):
       return NotImplemented
     return (
-        self.prediction == other.prediction
-        and self.radius == other.radius
-        and self.p_lower == other.p_lower
-        and self.top_class == other.top_class
-        and np.array_equal(self.counts, other.counts)
-        and np.array_equal(self.counts_selection, other.counts_selection)
-        and self.radii == other.radii
+      self.prediction == other.prediction
+      and self.radius == other.radius
+      and self.p_lower == other.p_lower
+      and self.top_class == other.top_class
+      and np.array_equal(self.counts, other.counts)
+      and np.array_equal(self.counts_selection, other.counts_selection)
+      and self.radii == other.radii
     )
 
   __hash__ = None
@@ -179,8 +179,8 @@ def _count_votes(fn_static, fn_dynamic, xs, keys, *, noise, nums, batch_size, nu
 
 
 _count_votes_jit = jax.jit(
-    _count_votes,
-    static_argnames=("fn_static", "noise", "nums", "batch_size", "num_classes", "mesh"),
+  _count_votes,
+  static_argnames=("fn_static", "noise", "nums", "batch_size", "num_classes", "mesh"),
 )
 
 
@@ -210,15 +210,13 @@ def _check_images(x, rank: int, what: str):
     raise InputError(f"{what} contains NaN or infinite values; clean the input")
   if lo < -_RANGE_SLACK or hi > 1 + _RANGE_SLACK:
     raise InputError(
-        f"{what} values span [{float(lo):.4g}, {float(hi):.4g}]; scale pixels to [0, 1]"
+      f"{what} values span [{float(lo):.4g}, {float(hi):.4g}]; scale pixels to [0, 1]"
     )
   return x
 
 
 def _check_keys(keys, shape: tuple[int, ...], what: str):
-  if not (
-      isinstance(keys, jax.Array) and jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
-  ):
+  if not (isinstance(keys, jax.Array) and jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)):
     raise InputError(f"{what} must be a typed PRNG key array from jax.random.key(seed)")
   if keys.shape != shape:
     raise InputError(f"{what} must have shape {shape}, got {keys.shape}")
@@ -247,8 +245,8 @@ def _num_classes(logits_fn, image_shape, num_classes) -> int:
     return width
   if num_classes < width:
     raise InputError(
-        f"num_classes={num_classes} is smaller than the {width} logits of logits_fn; "
-        "leave it unset or raise it"
+      f"num_classes={num_classes} is smaller than the {width} logits of logits_fn; "
+      "leave it unset or raise it"
     )
   return num_classes
 
@@ -260,33 +258,35 @@ def _votes(logits_fn, xs, phase_keys, *, noise, nums, batch_size, num_classes, m
   batch_size = stats.check_count("batch_size", batch_size)
   if num_classes is not None:
     num_classes = stats.check_count("num_classes", num_classes)
+  total = xs.shape[0] * sum(nums)
+  # A chunk larger than the whole job would only compute padding.
+  batch_size = min(batch_size, total)
   if mesh is not None:
     if not isinstance(mesh, Mesh) or DATA_AXIS not in mesh.axis_names:
       raise InputError(f"mesh must be a jax Mesh with a {DATA_AXIS!r} axis (parallel.make_mesh)")
     shards = mesh.shape[DATA_AXIS]
     batch_size = -(-batch_size // shards) * shards
-  total = xs.shape[0] * sum(nums)
   if total + batch_size > _INT32_MAX:
     raise InputError(
-        f"{total} forward passes in one call overflow int32 indices; pass fewer inputs per call"
+      f"{total} forward passes in one call overflow int32 indices; pass fewer inputs per call"
     )
   fn_static, fn_dynamic = _split_fn(logits_fn)
   xs = jnp.asarray(xs, jnp.float32)
   if mesh is not None:
     # Every device draws samples of every input, so inputs and parameters are replicated.
     xs, phase_keys, fn_dynamic = jax.device_put(
-        (xs, phase_keys, fn_dynamic), NamedSharding(mesh, P())
+      (xs, phase_keys, fn_dynamic), NamedSharding(mesh, P())
     )
   counts = _count_votes_jit(
-      fn_static,
-      fn_dynamic,
-      xs,
-      phase_keys,
-      noise=noise,
-      nums=tuple(nums),
-      batch_size=batch_size,
-      num_classes=num_classes,
-      mesh=mesh,
+    fn_static,
+    fn_dynamic,
+    xs,
+    phase_keys,
+    noise=noise,
+    nums=tuple(nums),
+    batch_size=batch_size,
+    num_classes=num_classes,
+    mesh=mesh,
   )
   if not counts.is_fully_addressable:
     # Replicated over several hosts: every host holds the full result.
@@ -320,20 +320,20 @@ def sample_counts(logits_fn, x, key, *, noise, num, batch_size, num_classes=None
   key = _check_keys(key, (), "key")
   num = stats.check_count("num", num)
   counts = _votes(
-      logits_fn,
-      x[None],
-      key.reshape(1, 1),
-      noise=noise,
-      nums=(num,),
-      batch_size=batch_size,
-      num_classes=num_classes,
-      mesh=None,
+    logits_fn,
+    x[None],
+    key.reshape(1, 1),
+    noise=noise,
+    nums=(num,),
+    batch_size=batch_size,
+    num_classes=num_classes,
+    mesh=None,
   )
   return jnp.asarray(counts[0, 0], jnp.int32)
 
 
 def sample_counts_batch(
-    logits_fn, xs, keys, *, noise, num, batch_size, num_classes=None, mesh=None
+  logits_fn, xs, keys, *, noise, num, batch_size, num_classes=None, mesh=None
 ) -> jax.Array:
   """Votes over ``num`` noisy copies of each of ``B`` inputs, one key per input.
 
@@ -358,14 +358,14 @@ def sample_counts_batch(
   keys = _check_keys(keys, (xs.shape[0],), "keys")
   num = stats.check_count("num", num)
   counts = _votes(
-      logits_fn,
-      xs,
-      keys[None],
-      noise=noise,
-      nums=(num,),
-      batch_size=batch_size,
-      num_classes=num_classes,
-      mesh=mesh,
+    logits_fn,
+    xs,
+    keys[None],
+    noise=noise,
+    nums=(num,),
+    batch_size=batch_size,
+    num_classes=num_classes,
+    mesh=mesh,
   )
   return jnp.asarray(counts[0], jnp.int32)
 
@@ -394,7 +394,7 @@ def certify_batch(logits_fn, xs, keys, *, noise, n0, n, alpha, batch_size, mesh=
   xs = _check_images(xs, 4, "xs")
   keys = _check_keys(keys, (xs.shape[0],), "keys")
   return _certify(
-      logits_fn, xs, keys, noise=noise, n0=n0, n=n, alpha=alpha, batch_size=batch_size, mesh=mesh
+    logits_fn, xs, keys, noise=noise, n0=n0, n=n, alpha=alpha, batch_size=batch_size, mesh=mesh
   )
 
 
@@ -404,14 +404,14 @@ def _certify(logits_fn, xs, keys, *, noise, n0, n, alpha, batch_size, mesh):
   alpha = stats.check_alpha(alpha)
   phase_keys = jnp.stack([_fold(keys, _SELECTION), _fold(keys, _ESTIMATION)])
   selection, estimation = _votes(
-      logits_fn,
-      xs,
-      phase_keys,
-      noise=noise,
-      nums=(n0, n),
-      batch_size=batch_size,
-      num_classes=None,
-      mesh=mesh,
+    logits_fn,
+    xs,
+    phase_keys,
+    noise=noise,
+    nums=(n0, n),
+    batch_size=batch_size,
+    num_classes=None,
+    mesh=mesh,
   )
   rows = np.arange(xs.shape[0])
   top = np.argmax(selection, axis=1)  # ties: lowest class index
@@ -420,21 +420,21 @@ def _certify(logits_fn, xs, keys, *, noise, n0, n, alpha, batch_size, mesh):
   abstain = p_lower < 0.5
   dim = int(np.prod(xs.shape[1:]))
   radii = {
-      norm: np.where(abstain, 0.0, np.atleast_1d(noise.radius(p_lower, norm, dim=dim)))
-      for norm in noise.norms
+    norm: np.where(abstain, 0.0, np.atleast_1d(noise.radius(p_lower, norm, dim=dim)))
+    for norm in noise.norms
   }
   primary = noise.norms[0]
   return [
-      Certificate(
-          prediction=ABSTAIN if abstain[i] else int(top[i]),
-          radius=float(radii[primary][i]),
-          p_lower=float(p_lower[i]),
-          top_class=int(top[i]),
-          counts=estimation[i],
-          counts_selection=selection[i],
-          radii={norm: float(r[i]) for norm, r in radii.items()},
-      )
-      for i in rows
+    Certificate(
+      prediction=ABSTAIN if abstain[i] else int(top[i]),
+      radius=float(radii[primary][i]),
+      p_lower=float(p_lower[i]),
+      top_class=int(top[i]),
+      counts=estimation[i],
+      counts_selection=selection[i],
+      radii={norm: float(r[i]) for norm, r in radii.items()},
+    )
+    for i in rows
   ]
 
 
@@ -458,15 +458,15 @@ def certify(logits_fn, x, key, *, noise, n0, n, alpha, batch_size) -> Certificat
   x = _check_images(x, 3, "x")
   key = _check_keys(key, (), "key")
   return _certify(
-      logits_fn,
-      x[None],
-      key[None],
-      noise=noise,
-      n0=n0,
-      n=n,
-      alpha=alpha,
-      batch_size=batch_size,
-      mesh=None,
+    logits_fn,
+    x[None],
+    key[None],
+    noise=noise,
+    n0=n0,
+    n=n,
+    alpha=alpha,
+    batch_size=batch_size,
+    mesh=None,
   )[0]
 
 
@@ -491,7 +491,7 @@ def predict_batch(logits_fn, xs, keys, *, noise, n, alpha, batch_size, mesh=None
   xs = _check_images(xs, 4, "xs")
   keys = _check_keys(keys, (xs.shape[0],), "keys")
   return _predict(
-      logits_fn, xs, keys, noise=noise, n=n, alpha=alpha, batch_size=batch_size, mesh=mesh
+    logits_fn, xs, keys, noise=noise, n=n, alpha=alpha, batch_size=batch_size, mesh=mesh
   )
 
 
@@ -499,14 +499,14 @@ def _predict(logits_fn, xs, keys, *, noise, n, alpha, batch_size, mesh):
   n = stats.check_count("n", n)
   alpha = stats.check_alpha(alpha)
   (counts,) = _votes(
-      logits_fn,
-      xs,
-      _fold(keys, _PREDICTION)[None],
-      noise=noise,
-      nums=(n,),
-      batch_size=batch_size,
-      num_classes=None,
-      mesh=mesh,
+    logits_fn,
+    xs,
+    _fold(keys, _PREDICTION)[None],
+    noise=noise,
+    nums=(n,),
+    batch_size=batch_size,
+    num_classes=None,
+    mesh=mesh,
   )
   rows = np.arange(xs.shape[0])
   top = np.argmax(counts, axis=1)  # ties: lowest class index
@@ -535,26 +535,26 @@ def predict(logits_fn, x, key, *, noise, n, alpha, batch_size) -> int:
   x = _check_images(x, 3, "x")
   key = _check_keys(key, (), "key")
   return int(
-      _predict(
-          logits_fn,
-          x[None],
-          key[None],
-          noise=noise,
-          n=n,
-          alpha=alpha,
-          batch_size=batch_size,
-          mesh=None,
-      )[0]
+    _predict(
+      logits_fn,
+      x[None],
+      key[None],
+      noise=noise,
+      n=n,
+      alpha=alpha,
+      batch_size=batch_size,
+      mesh=None,
+    )[0]
   )
 
 
 __all__ = [
-    "ABSTAIN",
-    "Certificate",
-    "certify",
-    "certify_batch",
-    "predict",
-    "predict_batch",
-    "sample_counts",
-    "sample_counts_batch",
+  "ABSTAIN",
+  "Certificate",
+  "certify",
+  "certify_batch",
+  "predict",
+  "predict_batch",
+  "sample_counts",
+  "sample_counts_batch",
 ]

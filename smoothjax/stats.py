@@ -36,10 +36,10 @@ def check_alpha(alpha) -> float:
     ``alpha`` as a float.
   """
   if (
-      isinstance(alpha, bool)
-      or not isinstance(alpha, numbers.Real)
-      or not math.isfinite(alpha)
-      or not 0 < alpha < 1
+    isinstance(alpha, bool)
+    or not isinstance(alpha, numbers.Real)
+    or not math.isfinite(alpha)
+    or not 0 < alpha < 1
   ):
     raise InputError(f"alpha must be a number in (0, 1), got {alpha!r}; e.g. alpha=0.001")
   return float(alpha)

@@ -72,8 +72,6 @@ SHAPES = [
   ("cnn_tiny", MNIST, (28, 28, 1)),
   ("lenet", MNIST, (28, 28, 1)),
   ("resnet20", CIFAR, (32, 32, 3)),
-  ("resnet56", CIFAR, (32, 32, 3)),
-  ("resnet110", CIFAR, (32, 32, 3)),
   ("resnet_tiny", CIFAR, (32, 32, 3)),
   ("resnet18", IMAGENET, (224, 224, 3)),
   ("resnet50", IMAGENET, (224, 224, 3)),
@@ -135,9 +133,9 @@ def test_param_count_matches_published(name, kwargs, num_classes, expected):
 
 def test_param_count_of_a_real_model_equals_its_abstract_count():
   real = _create("resnet_tiny", CIFAR)
-  abstract = nnx.eval_shape(lambda: _create("resnet_tiny", CIFAR))  # 78,042 parameters
+  abstract = nnx.eval_shape(lambda: _create("resnet_tiny", CIFAR))
   manual = sum(np.size(p) for p in jax.tree.leaves(nnx.state(real, nnx.Param)))
-  assert models.param_count(real) == models.param_count(abstract) == manual
+  assert models.param_count(real) == models.param_count(abstract) == manual == 78_042
 
 
 def test_resnet50_strides_its_3x3_convolution():

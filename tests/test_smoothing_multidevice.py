@@ -28,7 +28,8 @@ def logits_fn(x):
   u = jax.scipy.special.ndtr((flat[:, 1] - 0.5) / SIGMA)
   bucket = jnp.clip(jnp.floor(3 * u), 0, 2)
   # Class 0/1 from the linear boundary, 2..4 from the noise: a spread of votes.
-  return jnp.where((z > 0)[:, None], jax.nn.one_hot(bucket + 2, 5), jax.nn.one_hot((z > -0.1).astype(jnp.int32), 5))
+  near = jax.nn.one_hot((z > -0.1).astype(jnp.int32), 5)
+  return jnp.where((z > 0)[:, None], jax.nn.one_hot(bucket + 2, 5), near)
 
 
 xs = np.stack([np.full((2, 2, 1), (m + 1) / 2, np.float32) for m in (-0.3, 0.0, 0.05, 0.5)])

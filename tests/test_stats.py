@@ -48,7 +48,7 @@ def test_closed_forms_at_the_ends(alpha):
   n = np.array([1, 2, 10, 100, 100_000])
   np.testing.assert_allclose(stats.clopper_pearson_lower(n, n, alpha), alpha ** (1 / n), rtol=1e-10)
   np.testing.assert_allclose(
-      stats.clopper_pearson_upper(0 * n, n, alpha), 1 - alpha ** (1 / n), rtol=1e-10
+    stats.clopper_pearson_upper(0 * n, n, alpha), 1 - alpha ** (1 / n), rtol=1e-10
   )
 
 
@@ -154,9 +154,7 @@ def test_check_count_rejects(n):
     stats.check_count("n0", n)
 
 
-@pytest.mark.parametrize(
-    "k, n", [(-1, 10), (11, 10), (0, 0), (2.5, 10), (np.array([1, 20]), 10)]
-)
+@pytest.mark.parametrize("k, n", [(-1, 10), (11, 10), (0, 0), (2.5, 10), (np.array([1, 20]), 10)])
 def test_bounds_reject_bad_counts(k, n):
   with pytest.raises(InputError):
     stats.clopper_pearson_lower(k, n, 0.05)

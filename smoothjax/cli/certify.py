@@ -25,7 +25,6 @@ import time
 import jax
 import numpy as np
 from absl import app, flags
-from flax import nnx
 from tqdm.auto import tqdm
 
 from smoothjax import analysis, checkpointing, noise, parallel, results, smoothing
@@ -97,11 +96,8 @@ def certify_main():
     "alpha": _ALPHA.value,
     "seed": _SEED.value,
   }
-  graphdef, state = nnx.split(model)
-
-  def logits_fn(x):
-    return nnx.merge(graphdef, state)(x)
-
+  # The eval-mode model is a pytree: its weights are jit arguments, not compiled-in constants.
+  logits_fn = model
   mesh = parallel.make_mesh() if jax.device_count() > 1 else None
   base_key = jax.random.key(_SEED.value)
   with results.ResultWriter(_OUTFILE.value, columns, settings=settings) as writer:
@@ -144,9 +140,8 @@ def certify_main():
         bar.update(len(idx))
   if predict_mode:
     res = results.read_results(_OUTFILE.value)
-    print(
-      f"accuracy {np.mean(res.correct):.4f}, abstain {np.mean(res.predict < 0):.4f} on {len(res.idx)} inputs"
-    )
+    accuracy, abstain = np.mean(res.correct), np.mean(res.predict < 0)
+    print(f"accuracy {accuracy:.4f}, abstain {abstain:.4f} on {len(res.idx)} inputs")
     return
   _report(
     {os.path.basename(_OUTFILE.value): _OUTFILE.value}, _PLOT.value or _OUTFILE.value + ".png"
