@@ -1,6 +1,6 @@
 """The main job, end to end on the embedded MNIST digits: train -> certify -> table + plot.
 
-  python demo.py [--outdir demo_output] [--n 2000] [--skip 4]
+  python demo.py [--outdir demo_output] [--n 10000] [--skip 4]
 
 Runs the two programs exactly as a user would, printing each command first:
 trains the small CNN under Gaussian noise (configs/default.py), certifies every
@@ -28,7 +28,7 @@ def _run(cmd: list[str]) -> None:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--outdir", default="demo_output")
-  parser.add_argument("--n", type=int, default=2000, help="noise samples per certificate")
+  parser.add_argument("--n", type=int, default=10_000, help="noise samples per certificate")
   parser.add_argument("--skip", type=int, default=4, help="certify every skip-th test digit")
   parser.add_argument("--epochs", type=int, default=None, help="override num_epochs")
   args = parser.parse_args()

@@ -156,3 +156,39 @@ def test_train_step_on_8_devices_equals_single_device():
   line = [ln for ln in out.splitlines() if ln.startswith("MAXDIFF")][0].split()
   assert float(line[1]) < 1e-5
   assert abs(float(line[3]) - float(line[4])) < 1e-5
+
+
+def test_interrupted_run_resumes_to_the_same_parameters(two_epoch_run, tmp_path, monkeypatch):
+  """The same command, killed during epoch 2 and rerun, ends where an uninterrupted run does."""
+  workdir, _ = two_epoch_run
+  resumed = str(tmp_path / "killed")
+  real_batches = training.data_lib.batches
+
+  def batches_killed_in_epoch_2(*args, epoch, **kwargs):
+    for i, batch in enumerate(real_batches(*args, epoch=epoch, **kwargs)):
+      if epoch == 1 and i == 5:
+        raise KeyboardInterrupt
+      yield batch
+
+  monkeypatch.setattr(training.data_lib, "batches", batches_killed_in_epoch_2)
+  with pytest.raises(KeyboardInterrupt):
+    training.train_and_evaluate(tiny_config(num_epochs=2), resumed)
+  monkeypatch.setattr(training.data_lib, "batches", real_batches)
+  training.train_and_evaluate(tiny_config(num_epochs=2), resumed)
+  a, b = params_of(workdir), params_of(resumed)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name", ["default", "mnist_lenet", "cifar10_resnet110", "imagenet_resnet50"]
+)
+def test_every_config_is_valid(name):
+  import importlib
+
+  config = importlib.import_module(f"configs.{name}").get_config()
+  training.validate_config(config)
+  assert config.num_epochs >= 1 and config.mode in training.MODES
+  if name == "cifar10_resnet110":  # Cohen et al.'s recipe.
+    assert (config.num_epochs, config.batch_size, config.learning_rate) == (90, 256, 0.1)
+    assert (config.lr_step_epochs, config.lr_decay, config.weight_decay) == (30, 0.1, 1e-4)
