@@ -17,12 +17,12 @@ def run(script, *args, check=True):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
   proc = subprocess.run(
-      [sys.executable, os.path.join(REPO_ROOT, script), *map(str, args)],
-      capture_output=True,
-      text=True,
-      env=env,
-      cwd=REPO_ROOT,
-      timeout=600,
+    [sys.executable, os.path.join(REPO_ROOT, script), *map(str, args)],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=REPO_ROOT,
+    timeout=600,
   )
   if check and proc.returncode != 0:
     pytest.fail(f"{script} {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -41,12 +41,12 @@ def assert_one_line_error(proc, pattern):
 def workdir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("cli") / "run"
   run(
-      "train.py",
-      "--config=configs/default.py",
-      f"--workdir={workdir}",
-      "--config.model=cnn_tiny",
-      "--config.num_epochs=1",
-      "--config.progress=False",
+    "train.py",
+    "--config=configs/default.py",
+    f"--workdir={workdir}",
+    "--config.model=cnn_tiny",
+    "--config.num_epochs=1",
+    "--config.progress=False",
   )
   return workdir
 
@@ -87,9 +87,7 @@ def test_certify_resume_gives_the_same_file(workdir, tmp_path):
   from scipy.stats import norm
 
   ok = res.predict >= 0
-  np.testing.assert_allclose(
-      res.radius[ok], 0.25 * norm.ppf(res.extra["p_lower"][ok]), atol=2e-4
-  )
+  np.testing.assert_allclose(res.radius[ok], 0.25 * norm.ppf(res.extra["p_lower"][ok]), atol=2e-4)
   assert np.all(res.extra["count"] <= 300)
 
 
@@ -97,8 +95,13 @@ def test_certify_refuses_to_mix_settings(workdir, tmp_path):
   out = tmp_path / "mix.tsv"
   run("certify.py", f"--workdir={workdir}", f"--outfile={out}", *CERTIFY_ARGS, "--max=1")
   proc = run(
-      "certify.py", f"--workdir={workdir}", f"--outfile={out}", *CERTIFY_ARGS, "--max=2",
-      "--sigma=0.5", check=False,
+    "certify.py",
+    f"--workdir={workdir}",
+    f"--outfile={out}",
+    *CERTIFY_ARGS,
+    "--max=2",
+    "--sigma=0.5",
+    check=False,
   )
   assert_one_line_error(proc, "sigma")
   assert len(out.read_text().splitlines()) == 2  # header + the one row, untouched
@@ -106,19 +109,27 @@ def test_certify_refuses_to_mix_settings(workdir, tmp_path):
 
 def test_predict_mode_and_analyze(workdir, tmp_path):
   pred = tmp_path / "pred.tsv"
-  run("certify.py", f"--workdir={workdir}", f"--outfile={pred}", "--predict", "--n=200",
-      "--alpha=0.01", "--skip=199", "--batch=100")
+  run(
+    "certify.py",
+    f"--workdir={workdir}",
+    f"--outfile={pred}",
+    "--predict",
+    "--n=200",
+    "--alpha=0.01",
+    "--skip=199",
+    "--batch=100",
+  )
   lines = pred.read_text().splitlines()
   assert lines[0].split("\t") == list(results.PREDICT_COLUMNS)
   assert len(lines) == 1 + 6  # inputs 0, 199, ..., 995
   # A file in the format of Cohen et al.'s certify.py beside one of ours.
   cohen = tmp_path / "cohen_noise_0.25.tsv"
   cohen.write_text(
-      "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
-      "0\t3\t3\t0.512\t1\t0:00:01.234567\n"
-      "20\t8\t-1\t0.0\t0\t0:00:01.200000\n"
-      "40\t1\t1\t1.3\t1\t0:00:01.100000\n"
-      "60\t5\t2\t0.9\t0\t0:00:01.000000\n"
+    "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+    "0\t3\t3\t0.512\t1\t0:00:01.234567\n"
+    "20\t8\t-1\t0.0\t0\t0:00:01.200000\n"
+    "40\t1\t1\t1.3\t1\t0:00:01.100000\n"
+    "60\t5\t2\t0.9\t0\t0:00:01.000000\n"
   )
   ours = tmp_path / "ours.tsv"
   run("certify.py", f"--workdir={workdir}", f"--outfile={ours}", *CERTIFY_ARGS, "--max=2")
@@ -134,33 +145,33 @@ def test_predict_mode_and_analyze(workdir, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "override,pattern",
-    [
-        ("--config.dataset=not_a_dataset", "not_a_dataset"),
-        ("--config.model=resnet9000", "unknown model"),
-        ("--config.noise_sd=-0.5", "noise_sd"),
-        ("--config.batch_size=0", "batch_size"),
-        ("--config.mode=magic", "unknown training mode"),
-    ],
+  "override,pattern",
+  [
+    ("--config.dataset=not_a_dataset", "not_a_dataset"),
+    ("--config.model=resnet9000", "unknown model"),
+    ("--config.noise_sd=-0.5", "noise_sd"),
+    ("--config.batch_size=0", "batch_size"),
+    ("--config.mode=magic", "unknown training mode"),
+  ],
 )
 def test_train_bad_input_is_one_line_and_writes_nothing(tmp_path, override, pattern):
   workdir = tmp_path / "w"
   proc = run(
-      "train.py", "--config=configs/default.py", f"--workdir={workdir}", override, check=False
+    "train.py", "--config=configs/default.py", f"--workdir={workdir}", override, check=False
   )
   assert_one_line_error(proc, pattern)
   assert not workdir.exists()
 
 
 @pytest.mark.parametrize(
-    "args,pattern",
-    [
-        (("--alpha=1.5",), "--alpha"),
-        (("--n0=0",), "--n0"),
-        (("--n=0",), "--n"),
-        (("--sigma=-1",), "--sigma"),
-        (("--skip=0",), "--skip"),
-    ],
+  "args,pattern",
+  [
+    (("--alpha=1.5",), "--alpha"),
+    (("--n0=0",), "--n0"),
+    (("--n=0",), "--n"),
+    (("--sigma=-1",), "--sigma"),
+    (("--skip=0",), "--skip"),
+  ],
 )
 def test_certify_bad_input_is_one_line_and_writes_nothing(workdir, tmp_path, args, pattern):
   out = tmp_path / "bad.tsv"

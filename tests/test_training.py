@@ -181,7 +181,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(two_epoch_run, tmp_path,
 
 
 @pytest.mark.parametrize(
-    "name", ["default", "mnist_lenet", "cifar10_resnet110", "imagenet_resnet50"]
+  "name", ["default", "mnist_lenet", "cifar10_resnet110", "imagenet_resnet50"]
 )
 def test_every_config_is_valid(name):
   import importlib
