@@ -13,9 +13,11 @@ from conftest import REPO_ROOT
 from smoothjax import results
 
 
-def run(script, *args, check=True):
+def run(script, *args, check=True, devices=1):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
+  if devices > 1:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   proc = subprocess.run(
     [sys.executable, os.path.join(REPO_ROOT, script), *map(str, args)],
     capture_output=True,
@@ -89,6 +91,15 @@ def test_certify_resume_gives_the_same_file(workdir, tmp_path):
   ok = res.predict >= 0
   np.testing.assert_allclose(res.radius[ok], 0.25 * norm.ppf(res.extra["p_lower"][ok]), atol=2e-4)
   assert np.all(res.extra["count"] <= 300)
+
+
+def test_certify_on_8_devices_writes_the_same_file(workdir, tmp_path):
+  one, eight = tmp_path / "one.tsv", tmp_path / "eight.tsv"
+  args = (f"--workdir={workdir}", *CERTIFY_ARGS, "--max=4", "--inputs_per_step=3")
+  run("certify.py", f"--outfile={one}", *args)
+  run("certify.py", f"--outfile={eight}", *args, devices=8)
+  assert certify_rows(one) == certify_rows(eight)
+  assert len(certify_rows(one)) == 5
 
 
 def test_certify_refuses_to_mix_settings(workdir, tmp_path):

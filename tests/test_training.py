@@ -192,3 +192,38 @@ def test_every_config_is_valid(name):
   if name == "cifar10_resnet110":  # Cohen et al.'s recipe.
     assert (config.num_epochs, config.batch_size, config.learning_rate) == (90, 256, 0.1)
     assert (config.lr_step_epochs, config.lr_decay, config.weight_decay) == (30, 0.1, 1e-4)
+
+
+def test_trains_on_tfds_mock_data_with_a_resnet(tmp_path):
+  """The whole training function on TFDS (mocked CIFAR-10 records) with a tiny ResNet."""
+  import tensorflow_datasets as tfds
+
+  config = tiny_config(
+    dataset="cifar10", model="resnet_tiny", batch_size=8, eval_batch_size=8, noise_sd=0.12
+  )
+  with tfds.testing.mock_data(num_examples=16):
+    last = training.train_and_evaluate(config, str(tmp_path / "cifar"))
+  assert last["epoch"] == 1 and last["step"] == 2 and np.isfinite(last["train_loss"])
+  model, _, info, _ = checkpointing.restore_model(str(tmp_path / "cifar"))
+  assert info.num_classes == 10 and tuple(info.image_shape) == (32, 32, 3)
+  assert model(np.zeros((2, 32, 32, 3), np.float32)).shape == (2, 10)
+
+
+def test_trains_on_an_idx_folder(tmp_path):
+  """An MNIST-format folder written here trains through config.dataset = 'idx:PATH'."""
+  from smoothjax import data
+
+  src = data.load("embedded_mnist")
+  folder = tmp_path / "digits"
+  folder.mkdir()
+  for split, prefix, n in (("train", "train", 300), ("test", "t10k", 100)):
+    images, labels = src.split(split).get(np.arange(n))
+    data.write_idx(
+      str(folder / f"{prefix}-images-idx3-ubyte.gz"),
+      (images[..., 0] * 255).round().astype(np.uint8),
+    )
+    data.write_idx(str(folder / f"{prefix}-labels-idx1-ubyte.gz"), labels.astype(np.uint8))
+  last = training.train_and_evaluate(
+    tiny_config(dataset=f"idx:{folder}", num_epochs=2), str(tmp_path / "w")
+  )
+  assert last["step"] == 2 * 3 and last["test_accuracy"] > 0.3
