@@ -9,7 +9,7 @@ For each model this measures, in one run and on the same device(s):
   noise samples in chunks of ``batch``, in noise samples (forward passes) per second;
 * ``certify_batch[B]``: :func:`smoothjax.smoothing.certify_batch` over ``B`` inputs
   at once, ``n0 + n`` samples each, including the host-side Clopper-Pearson bounds;
-* ``naive``: the loop of Cohen et al.'s PyTorch ``Smooth._sample_noise``: a Python
+* ``naive loop``: the loop of Cohen et al.'s PyTorch ``Smooth._sample_noise``: a Python
   loop over chunks, each drawing its noise with one ``jax.random.normal`` call on the
   device, running the model and argmax, then copying the predictions to the host and
   counting them with ``np.bincount``.
@@ -19,8 +19,9 @@ the forward pass: noise generation, per-sample key derivation, counting and the 
 loop. Weights are randomly initialised: throughput does not depend on their values
 (only the class histogram does, and counting costs the same for any histogram).
 
-Every timing runs once to warm up (its time, minus the steady-state median, is reported
-as compile time), then ``--repeats`` times; the table gives the median and best.
+Every method runs once to warm up (its time, minus the steady-state median, is reported
+as compile time), then ``--repeats`` times, the methods taking turns within each repeat
+so that load from other processes hits them alike; the table gives the median and best.
 When several devices are visible the forward batch and the noise samples of
 ``sample_counts``/``certify_batch`` are sharded over a ``data`` mesh
 (:func:`smoothjax.parallel.make_mesh`); the naive loop stays on one device, as in
@@ -52,9 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-# Run against this checkout even where the package is not installed (or installed elsewhere).
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import smoothjax as sj  # noqa: E402
+import smoothjax as sj
 
 _SHAPES = {
   "cnn": (28, 28, 1),
@@ -102,17 +101,25 @@ class Row:
     return self.samples / (self.best if best else self.median)
 
 
-def _time(fn, repeats: int) -> tuple[float, list[float]]:
-  """(first call, later calls) wall times in seconds; ``fn`` must block until done."""
-  start = time.perf_counter()
-  fn(0)
-  first = time.perf_counter() - start
-  times = []
-  for r in range(repeats):
+def _time_interleaved(fns, repeats: int) -> list[tuple[float, list[float]]]:
+  """(first call, later calls) wall times in seconds of each of ``fns``.
+
+  Repeat ``r`` runs every function once before repeat ``r + 1`` starts, so a burst of
+  load from other processes slows all methods alike instead of skewing their ratio.
+  Each ``fn(r)`` must block until its work is done.
+  """
+
+  def timed(fn, r):
     start = time.perf_counter()
-    fn(r + 1)
-    times.append(time.perf_counter() - start)
-  return first, times
+    fn(r)
+    return time.perf_counter() - start
+
+  firsts = [timed(fn, 0) for fn in fns]
+  times = [[] for _ in fns]
+  for r in range(1, repeats + 1):
+    for fn, ts in zip(fns, times, strict=True):
+      ts.append(timed(fn, r))
+  return list(zip(firsts, times, strict=True))
 
 
 def _cpu_model() -> str:
@@ -185,7 +192,6 @@ def bench_model(name, *, n, n0, batch, inputs_per_step, repeats, sigma, seed, me
   num_inputs = max(inputs_per_step)
   xs = jax.random.uniform(data_key, (max(num_inputs, batch), *shape), jnp.float32)
   noise = sj.noise.Gaussian(sigma)
-  rows = []
 
   # On a mesh the library rounds the chunk up to a multiple of the device count; so do we.
   shards = 1 if mesh is None else mesh.devices.size
@@ -206,8 +212,8 @@ def bench_model(name, *, n, n0, batch, inputs_per_step, repeats, sigma, seed, me
       out = _forward(fwd_model, images)
     out.block_until_ready()
 
-  first, times = _time(forward, repeats)
-  rows.append(Row(name, "forward", 0, calls * fwd_batch, fwd_batch, times, first))
+  # (method, inputs, forward passes per call, function of the repeat index)
+  cases = [("forward", 0, calls * fwd_batch, forward)]
 
   def one_input(r):
     key = jax.random.fold_in(count_key, r)
@@ -219,8 +225,7 @@ def bench_model(name, *, n, n0, batch, inputs_per_step, repeats, sigma, seed, me
       )
     assert int(counts.sum()) == n
 
-  first, times = _time(one_input, repeats)
-  rows.append(Row(name, "sample_counts", 1, n, batch, times, first))
+  cases.append(("sample_counts", 1, n, one_input))
 
   for b in inputs_per_step:
 
@@ -233,8 +238,7 @@ def bench_model(name, *, n, n0, batch, inputs_per_step, repeats, sigma, seed, me
       )
       assert len(certs) == b and all(int(c.counts.sum()) == n for c in certs)
 
-    first, times = _time(certify, repeats)
-    rows.append(Row(name, f"certify_batch[{b}]", b, b * (n0 + n), batch, times, first))
+    cases.append((f"certify_batch[{b}]", b, b * (n0 + n), certify))
 
   if naive:
 
@@ -250,9 +254,13 @@ def bench_model(name, *, n, n0, batch, inputs_per_step, repeats, sigma, seed, me
       )
       assert counts.sum() == n
 
-    first, times = _time(naive_run, repeats)
-    rows.append(Row(name, "naive loop", 1, n, batch, times, first))
-  return rows
+    cases.append(("naive loop", 1, n, naive_run))
+
+  timings = _time_interleaved([fn for *_, fn in cases], repeats)
+  return [
+    Row(name, method, inputs, samples, batch, times, first)
+    for (method, inputs, samples, _), (first, times) in zip(cases, timings, strict=True)
+  ]
 
 
 def table(rows: list[Row]) -> str:
@@ -328,13 +336,23 @@ def main(argv=None) -> int:
       naive=not args.no_naive,
     )
   print(table(rows))
+  if hasattr(os, "getloadavg"):
+    # Other processes competing for the CPU show up here; rerun if this is high.
+    env["load_average_end"] = list(os.getloadavg())
+    print(f"\nload average at the end: {env['load_average_end']}")
   if args.json:
     record = {
       "environment": env,
       "argv": sys.argv,
       "settings": settings,
       "rows": [
-        {**dataclasses.asdict(r), "median": r.median, "samples_per_s": r.rate()} for r in rows
+        {
+          **dataclasses.asdict(r),
+          "median": r.median,
+          "samples_per_s": r.rate(),
+          "compile_time": r.compile_time,
+        }
+        for r in rows
       ],
     }
     with open(args.json, "w") as f:
