@@ -50,12 +50,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def shard_batch(tree, mesh: Mesh):
-  """Places host arrays on the mesh, split along their leading axis.
+  """Places a global host batch on the mesh, split along its leading axis.
 
-  The leading dimension must be a multiple of the number of devices.
+  Every process passes the same global batch (the data order is a function of the
+  seed and epoch only); each keeps the rows of its own devices. The leading
+  dimension must be a multiple of the number of devices.
   """
   n = mesh.devices.size
   sharding = data_sharding(mesh)
+  procs, proc = jax.process_count(), jax.process_index()
 
   def put(x):
     x = np.asarray(x)
@@ -64,7 +67,9 @@ def shard_batch(tree, mesh: Mesh):
         f"batch dimension {x.shape[0]} is not a multiple of the {n} devices; "
         "choose a batch size divisible by the device count"
       )
-    return jax.make_array_from_process_local_data(sharding, x)
+    local = x.shape[0] // procs
+    rows = x[proc * local : (proc + 1) * local] if procs > 1 else x
+    return jax.make_array_from_process_local_data(sharding, rows, x.shape)
 
   return jax.tree.map(put, tree)
 
