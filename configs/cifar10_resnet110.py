@@ -1,14 +1,16 @@
 """Cohen et al. (2019) CIFAR-10 recipe: ResNet-110 under Gaussian noise.
 
 90 epochs, batch 256, SGD momentum 0.9, learning rate 0.1 multiplied by 0.1 every
-30 epochs, weight decay 1e-4, training noise sigma in {0.12, 0.25, 0.5, 1.0}.
+30 epochs, weight decay 1e-4, training noise sigma in {0.12, 0.25, 0.5, 1.0}, random
+crops (padding 4) and horizontal flips.
 The data come from TFDS (prepare once: `tfds build cifar10 --data_dir DATA_DIR`).
 
   python train.py --config configs/cifar10_resnet110.py --workdir workdirs/cifar_s025 \
       --config.noise_sd=0.25 --config.data_dir=DATA_DIR
 
-Expected runtime: about 2-3 hours on one A100/H100-class GPU (35k noise-augmented
-images/s); impractical on a CPU. Pass --config.model=resnet20 for a quicker run.
+Expected runtime: hours on one modern GPU (not yet measured for this code; see
+benchmarks/RESULTS.md); impractical on a CPU. Pass --config.model=resnet20 for a
+quicker run.
 """
 
 import ml_collections
@@ -19,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset = "cifar10"
   config.data_dir = ""
   config.eval_split = "test"
+  config.augment = "crop_flip"
   config.model = "resnet110"
   config.mode = "gaussian"
   config.noise_sd = 0.25

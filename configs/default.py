@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset = "embedded_mnist"  # or "idx:/path/to/folder", or a TFDS name
   config.data_dir = ""  # TFDS data_dir (empty: TFDS default)
   config.eval_split = "test"
+  config.augment = "none"  # "none", "flip" or "crop_flip" (random crop, padding 4, + flip)
   # Model.
   config.model = "cnn"
   # Training mode and noise: "standard" (clean) or "gaussian" (Cohen et al. 2019).

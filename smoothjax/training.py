@@ -31,7 +31,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from smoothjax import checkpointing, models, parallel
+from smoothjax import augment, checkpointing, models, parallel
 from smoothjax import data as data_lib
 from smoothjax.errors import InputError
 
@@ -84,6 +84,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       isinstance(config[name], int) and config[name] >= 1,
       f"{name} must be an integer >= 1, got {config[name]!r}",
     )
+  need(
+      config.get("augment", "none") in augment.AUGMENTATIONS,
+      f"unknown augment {config.get('augment')!r}; choose one of {list(augment.AUGMENTATIONS)}",
+  )
   need(config.checkpoint_every_epochs >= 1, "checkpoint_every_epochs must be >= 1")
   need(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")
   need(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}")
@@ -166,7 +170,9 @@ class Trainer:
     """One optimiser step; returns the new state and (loss, accuracy) on the batch."""
     model, optimizer = nnx.merge(self.graphdef, state)
     model.train()
-    inputs = self._mode(model, key, images, labels, self.config)
+    augment_key, mode_key = jax.random.split(key)
+    images = augment.apply(self.config.get("augment", "none"), augment_key, images)
+    inputs = self._mode(model, mode_key, images, labels, self.config)
 
     def loss_fn(model):
       logits = model(inputs)
