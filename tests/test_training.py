@@ -110,6 +110,7 @@ def test_gaussian_mode_adds_noise_of_the_right_scale():
     ("model", "resnet9000", "unknown model"),
     ("learning_rate", 0.0, "learning_rate"),
     ("optimizer", "lion", "unknown optimizer"),
+    ("augment", "mixup", "unknown augment"),
   ],
 )
 def test_invalid_config_rejected_before_writing(tmp_path, field, value, message):
