@@ -85,8 +85,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       f"{name} must be an integer >= 1, got {config[name]!r}",
     )
   need(
-      config.get("augment", "none") in augment.AUGMENTATIONS,
-      f"unknown augment {config.get('augment')!r}; choose one of {list(augment.AUGMENTATIONS)}",
+    config.get("augment", "none") in augment.AUGMENTATIONS,
+    f"unknown augment {config.get('augment')!r}; choose one of {list(augment.AUGMENTATIONS)}",
   )
   need(config.checkpoint_every_epochs >= 1, "checkpoint_every_epochs must be >= 1")
   need(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")
@@ -249,6 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
   steps_per_epoch = data_lib.num_batches(train_split, config.batch_size)
   mesh = parallel.make_mesh() if mesh is None else mesh
 
+  _check_same_run(config, workdir)
   trainer = make_trainer(config, dataset.info, steps_per_epoch)
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
   state = parallel.replicate(trainer.state(), mesh)
@@ -322,6 +323,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
   finally:
     ckpt.close()
   return last
+
+
+# Settings that change the shapes of the saved state: a workdir cannot resume with others.
+_STATE_FIELDS = ("model", "dataset", "optimizer")
+
+
+def _check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume a workdir trained with another model, dataset or optimiser."""
+  if not os.path.exists(os.path.join(workdir, checkpointing.CONFIG_FILE)):
+    return
+  saved = checkpointing.load_config(workdir)
+  clash = [f"{f}={saved.get(f)!r}" for f in _STATE_FIELDS if saved.get(f) != config.get(f)]
+  if clash:
+    raise InputError(
+      f"{workdir} holds a run with {', '.join(clash)}; resume it with the same settings "
+      "or choose a new --workdir"
+    )
+  changed = [
+    k for k in config if k != "num_epochs" and json.dumps(saved.get(k)) != json.dumps(config[k])
+  ]
+  if changed:
+    print(f"note: resuming {workdir} with changed settings: {', '.join(sorted(changed))}")
 
 
 def _read_history(path: str, upto_epoch: int) -> list[dict]:

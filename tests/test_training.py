@@ -228,3 +228,10 @@ def test_trains_on_an_idx_folder(tmp_path):
     tiny_config(dataset=f"idx:{folder}", num_epochs=2), str(tmp_path / "w")
   )
   assert last["step"] == 2 * 3 and last["test_accuracy"] > 0.3
+
+
+def test_resuming_with_another_model_is_refused(two_epoch_run):
+  workdir, _ = two_epoch_run
+  with pytest.raises(InputError, match="model='cnn_tiny'"):
+    training.train_and_evaluate(tiny_config(num_epochs=3, model="cnn"), workdir)
+  assert checkpointing.Checkpointer(workdir, create=False).latest_epoch() == 2
