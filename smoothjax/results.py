@@ -35,8 +35,8 @@ ABSTAIN = -1
 _REQUIRED_COLUMNS = ("idx", "label", "predict", "correct")
 _INT_COLUMNS = ("idx", "label", "predict", "correct")
 _SIX_DECIMAL_COLUMNS = ("p_lower", "p_upper")
-# str(datetime.timedelta): "0:00:01.234567", "1 day, 2:03:04", "3 days, 0:00:00.5".
 _MISSING = object()
+# str(datetime.timedelta): "0:00:01.234567", "1 day, 2:03:04", "3 days, 0:00:00.5".
 _TIMEDELTA_RE = re.compile(r"^(?:(-?\d+) days?, )?(\d+):(\d{1,2}):(\d{1,2}(?:\.\d*)?)$")
 
 
