@@ -133,6 +133,9 @@ def test_predict_mode_and_analyze(workdir, tmp_path):
   lines = pred.read_text().splitlines()
   assert lines[0].split("\t") == list(results.PREDICT_COLUMNS)
   assert len(lines) == 1 + 6  # inputs 0, 199, ..., 995
+  out = run("certify.py", "analyze", str(pred))
+  row = [ln for ln in out.stdout.splitlines() if ln.startswith("| pred.tsv (sigma=0.25, n=200)")]
+  assert row and "| - |" in row[0]  # no radii in a predict file
   # A file in the format of Cohen et al.'s certify.py beside one of ours.
   cohen = tmp_path / "cohen_noise_0.25.tsv"
   cohen.write_text(

@@ -18,6 +18,7 @@ Tables and one plot from several result files, ours or Cohen et al.'s::
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -143,17 +144,33 @@ def certify_main():
     accuracy, abstain = np.mean(res.correct), np.mean(res.predict < 0)
     print(f"accuracy {accuracy:.4f}, abstain {abstain:.4f} on {len(res.idx)} inputs")
     return
-  _report(
-    {os.path.basename(_OUTFILE.value): _OUTFILE.value}, _PLOT.value or _OUTFILE.value + ".png"
-  )
+  _report([_OUTFILE.value], _PLOT.value or _OUTFILE.value + ".png")
 
 
-def _report(runs, plot_path):
+def _run_names(paths):
+  """Table and legend names: file names (whole paths if those clash), with the settings."""
+  names = [os.path.basename(p) for p in paths]
+  if len(set(names)) < len(names):
+    names = list(paths)
+  out = []
+  for name, path in zip(names, paths, strict=True):
+    try:
+      with open(results.settings_path(path)) as f:
+        settings = json.load(f)
+      name += f" (sigma={settings['sigma']:g}, n={settings['n']})"
+    except (OSError, ValueError, KeyError, TypeError):
+      pass  # Files from other tools (e.g. Cohen et al.'s) have no settings beside them.
+    out.append(name)
+  return out
+
+
+def _report(paths, plot_path):
   """Prints the certified-accuracy table and writes the plot."""
-  loaded = {name: results.read_results(path) for name, path in runs.items()}
+  loaded = {name: results.read_results(p) for name, p in zip(_run_names(paths), paths, strict=True)}
   max_radius = _MAX_RADIUS.value
   if max_radius is None:
-    top = max(float(np.max(r.radius, initial=0.0)) for r in loaded.values())
+    radii = np.concatenate([r.radius for r in loaded.values()])
+    top = float(np.nanmax(radii, initial=0.0)) if radii.size else 0.0
     max_radius = max(0.25 * np.ceil(top / 0.25), 0.25)
   radii = analysis.default_radii(max_radius)
   print(analysis.table(loaded, radii, fmt=_FORMAT.value))
@@ -168,10 +185,7 @@ def analyze_main(paths):
   for p in paths:
     if not os.path.exists(p):
       raise InputError(f"no such result file: {p}")
-  names = [os.path.basename(p) for p in paths]
-  if len(set(names)) < len(names):
-    names = paths
-  _report(dict(zip(names, paths, strict=True)), _PLOT.value)
+  _report(paths, _PLOT.value)
 
 
 def main(argv):
