@@ -39,6 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.lr_decay = 0.1
   config.seed = 0
   config.checkpoint_every_epochs = 1
+  config.checkpoint_every_steps = 0  # > 0: also save within epochs
   config.keep_checkpoints = 3
   config.progress = True
   return config

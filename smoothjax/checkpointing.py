@@ -5,7 +5,7 @@ command line::
 
   WORKDIR/config.json         the run's ml_collections config
   WORKDIR/dataset_info.json   classes, image shape and normalisation constants
-  WORKDIR/checkpoints/<epoch>/{model,optimizer,meta}   orbax checkpoints
+  WORKDIR/checkpoints/<step>/{model,optimizer,meta}    orbax checkpoints
   WORKDIR/metrics.jsonl       one line of metrics per epoch
 
 Model and optimiser states are saved as separate items so evaluation restores
@@ -68,7 +68,11 @@ def load_info(workdir: str) -> data_lib.DatasetInfo:
 
 
 class Checkpointer:
-  """orbax ``CheckpointManager`` over ``WORKDIR/checkpoints``, one step per epoch."""
+  """orbax ``CheckpointManager`` over ``WORKDIR/checkpoints``, indexed by training step.
+
+  Each checkpoint's ``meta`` item holds its ``step``, the completed ``epoch``s and
+  ``steps_per_epoch``.
+  """
 
   def __init__(self, workdir: str, *, keep: int = 3, create: bool = True):
     directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
@@ -79,12 +83,26 @@ class Checkpointer:
       directory, options=options, item_names=("model", "optimizer", "meta")
     )
 
-  def latest_epoch(self) -> int | None:
+  def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, epoch: int, model_state, optimizer_state, meta: dict) -> None:
+  def meta(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def step_of_epoch(self, epoch: int) -> int:
+    """The checkpoint taken at the end of ``epoch``; InputError if there is none."""
+    ends = {}
+    for step in self.manager.all_steps():
+      meta = self.meta(step)
+      if step == meta["epoch"] * meta["steps_per_epoch"]:
+        ends[meta["epoch"]] = step
+    if epoch not in ends:
+      raise InputError(f"no checkpoint at the end of epoch {epoch}: have epochs {sorted(ends)}")
+    return ends[epoch]
+
+  def save(self, step: int, model_state, optimizer_state, meta: dict) -> None:
     self.manager.save(
-      epoch,
+      step,
       args=ocp.args.Composite(
         model=ocp.args.StandardSave(model_state),
         optimizer=ocp.args.StandardSave(optimizer_state),
@@ -92,7 +110,7 @@ class Checkpointer:
       ),
     )
 
-  def restore(self, epoch: int, model_state, optimizer_state=None):
+  def restore(self, step: int, model_state, optimizer_state=None):
     """Restores into the structure, dtypes and shardings of the given states.
 
     Returns ``(model_state, optimizer_state or None, meta)``.
@@ -103,7 +121,7 @@ class Checkpointer:
     }
     if optimizer_state is not None:
       items["optimizer"] = ocp.args.StandardRestore(_abstract(optimizer_state))
-    out = self.manager.restore(epoch, args=ocp.args.Composite(**items))
+    out = self.manager.restore(step, args=ocp.args.Composite(**items))
     return out["model"], out.get("optimizer") if optimizer_state is not None else None, out["meta"]
 
   def close(self) -> None:
@@ -120,11 +138,12 @@ def restore_model(workdir: str, epoch: int | None = None):
 
   Args:
     workdir: a directory written by ``train.py``.
-    epoch: which checkpoint; the latest by default.
+    epoch: restore the checkpoint taken at the end of this epoch; by default the
+      latest checkpoint.
 
   Returns:
-    ``(model, config, info, meta)`` where ``meta`` holds the checkpoint's epoch
-    and step.
+    ``(model, config, info, meta)`` where ``meta`` holds the checkpoint's ``step``
+    and completed ``epoch``s.
   """
   from smoothjax import training
 
@@ -132,16 +151,12 @@ def restore_model(workdir: str, epoch: int | None = None):
   info = load_info(workdir)
   ckpt = Checkpointer(workdir, create=False)
   try:
-    epoch = ckpt.latest_epoch() if epoch is None else epoch
-    if epoch is None:
+    step = ckpt.latest_step() if epoch is None else ckpt.step_of_epoch(epoch)
+    if step is None:
       raise InputError(f"no checkpoints in {workdir!r}; train first or check --workdir")
-    if epoch not in ckpt.manager.all_steps():
-      raise InputError(
-        f"no checkpoint for epoch {epoch} in {workdir!r}: have {ckpt.manager.all_steps()}"
-      )
     model = nnx.eval_shape(lambda: training.create_model(config, info, seed=0))
     graphdef, abstract_state = nnx.split(model)
-    state, _, meta = ckpt.restore(epoch, abstract_state)
+    state, _, meta = ckpt.restore(step, abstract_state)
   finally:
     ckpt.close()
   model = nnx.merge(graphdef, state)

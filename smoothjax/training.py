@@ -89,6 +89,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     f"unknown augment {config.get('augment')!r}; choose one of {list(augment.AUGMENTATIONS)}",
   )
   need(config.checkpoint_every_epochs >= 1, "checkpoint_every_epochs must be >= 1")
+  need(
+    config.get("checkpoint_every_steps", 0) >= 0,
+    "checkpoint_every_steps must be >= 0 (0: only at epoch ends)",
+  )
   need(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")
   need(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}")
   need(
@@ -237,8 +241,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
   """Trains ``config.num_epochs`` epochs, resuming from the latest checkpoint in ``workdir``.
 
   Each epoch logs train loss/accuracy, clean test accuracy and test accuracy under
-  the training noise to the console and to ``WORKDIR/metrics.jsonl``, and saves a
-  checkpoint every ``checkpoint_every_epochs`` epochs and at the end.
+  the training noise to the console and to ``WORKDIR/metrics.jsonl``. A checkpoint
+  is saved every ``checkpoint_every_epochs`` epochs, at the end, and, if
+  ``checkpoint_every_steps`` > 0, every that many steps within an epoch (for long
+  epochs); a resumed run continues from the latest one, mid-epoch included, and
+  draws the same batches and noise as an uninterrupted run.
 
   Returns:
     The last epoch's metrics.
@@ -253,42 +260,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
   trainer = make_trainer(config, dataset.info, steps_per_epoch)
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
   state = parallel.replicate(trainer.state(), mesh)
-  start_epoch = 0
-  latest = ckpt.latest_epoch()
+  start_step = 0
+  latest = ckpt.latest_step()
   if latest is not None:
     model_state, opt_state, meta = ckpt.restore(latest, state[0], state[1])
     state = parallel.replicate(nnx.State({0: model_state, 1: opt_state}), mesh)
-    start_epoch = int(meta["epoch"])
-    print(f"resuming from epoch {start_epoch} in {workdir}")
+    start_step = int(meta["step"])
+    print(
+      f"resuming from step {start_step} (epoch {start_step / steps_per_epoch:.2f}) in {workdir}"
+    )
   checkpointing.save_run_files(workdir, config, dataset.info)
 
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  history = _read_history(metrics_path, upto_epoch=start_epoch)
+  history = _read_history(metrics_path, upto_epoch=start_step // steps_per_epoch)
   train_key = jax.random.fold_in(jax.random.key(config.seed), 0)
   eval_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   last = history[-1] if history else {}
   with open(metrics_path + ".tmp", "w") as f:
     f.writelines(json.dumps(h) + "\n" for h in history)
   os.replace(metrics_path + ".tmp", metrics_path)
+  every_steps = config.get("checkpoint_every_steps", 0)
+
+  def save(step):
+    meta = {"epoch": step // steps_per_epoch, "step": step, "steps_per_epoch": steps_per_epoch}
+    ckpt.save(step, state[0], state[1], meta)
 
   try:
-    for epoch in range(start_epoch, config.num_epochs):
+    for epoch in range(start_step // steps_per_epoch, config.num_epochs):
       t0 = time.time()
       step_metrics = []
+      first = max(start_step - epoch * steps_per_epoch, 0)
       bar = tqdm(
-        data_lib.batches(train_split, config.batch_size, seed=config.seed, epoch=epoch),
+        data_lib.batches(
+          train_split, config.batch_size, seed=config.seed, epoch=epoch, start_batch=first
+        ),
+        initial=first,
         total=steps_per_epoch,
         desc=f"epoch {epoch + 1}/{config.num_epochs}",
         leave=False,
         disable=not config.get("progress", True),
       )
-      for i, (images, labels) in enumerate(bar):
+      for i, (images, labels) in enumerate(bar, start=first):
         step = epoch * steps_per_epoch + i
         batch = parallel.shard_batch((images, labels.astype(np.int32)), mesh)
         state, m = trainer.train_step(state, *batch, jax.random.fold_in(train_key, step))
         step_metrics.append(m)
         if i % 20 == 0:
           bar.set_postfix(loss=f"{float(m['loss']):.3f}")
+        if every_steps and (step + 1) % every_steps == 0 and i + 1 < steps_per_epoch:
+          save(step + 1)
       train = summarize(step_metrics)
       clean, noisy = evaluate(
         trainer,
@@ -318,8 +338,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
       with open(metrics_path, "a") as f:
         f.write(json.dumps(last) + "\n")
       if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
-        meta = {"epoch": epoch + 1, "step": last["step"]}
-        ckpt.save(epoch + 1, state[0], state[1], meta)
+        save(last["step"])
   finally:
     ckpt.close()
   return last

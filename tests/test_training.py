@@ -16,6 +16,10 @@ from smoothjax import checkpointing, training
 from smoothjax.errors import InputError
 
 
+class Killed(Exception):
+  """Stands for the process being killed part-way through training."""
+
+
 def tiny_config(**overrides):
   config = default.get_config()
   config.model = "cnn_tiny"
@@ -168,17 +172,49 @@ def test_interrupted_run_resumes_to_the_same_parameters(two_epoch_run, tmp_path,
   def batches_killed_in_epoch_2(*args, epoch, **kwargs):
     for i, batch in enumerate(real_batches(*args, epoch=epoch, **kwargs)):
       if epoch == 1 and i == 5:
-        raise KeyboardInterrupt
+        raise Killed
       yield batch
 
   monkeypatch.setattr(training.data_lib, "batches", batches_killed_in_epoch_2)
-  with pytest.raises(KeyboardInterrupt):
+  with pytest.raises(Killed):
     training.train_and_evaluate(tiny_config(num_epochs=2), resumed)
   monkeypatch.setattr(training.data_lib, "batches", real_batches)
   training.train_and_evaluate(tiny_config(num_epochs=2), resumed)
   a, b = params_of(workdir), params_of(resumed)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_mid_epoch_checkpoints_resume_to_the_same_parameters(two_epoch_run, tmp_path, monkeypatch):
+  """Killed mid-epoch with checkpoint_every_steps set, the rerun starts mid-epoch and agrees."""
+  workdir, _ = two_epoch_run
+  resumed = str(tmp_path / "mid")
+  real_batches = training.data_lib.batches
+  starts = []
+
+  def batches_killed_at_step_46(*args, epoch, start_batch=0, **kwargs):
+    starts.append((epoch, start_batch))
+    for i, batch in enumerate(real_batches(*args, epoch=epoch, start_batch=start_batch, **kwargs)):
+      if (epoch, start_batch + i) == (1, 5) and len(starts) == 2:
+        raise Killed
+      yield batch
+
+  monkeypatch.setattr(training.data_lib, "batches", batches_killed_at_step_46)
+  config = tiny_config(num_epochs=2, checkpoint_every_steps=3)
+  with pytest.raises(Killed):
+    training.train_and_evaluate(config, resumed)
+  ckpt = checkpointing.Checkpointer(resumed, create=False)
+  assert ckpt.latest_step() == 45  # saved after steps 42 and 45 of epoch 2 (40 steps each)
+  ckpt.close()
+  training.train_and_evaluate(config, resumed)
+  assert starts == [(0, 0), (1, 0), (1, 5)]
+  a, b = params_of(workdir), params_of(resumed)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  _, _, _, meta = checkpointing.restore_model(resumed, epoch=2)
+  assert meta["step"] == 80
+  with pytest.raises(InputError, match="no checkpoint at the end of epoch 1"):
+    checkpointing.restore_model(resumed, epoch=1)  # only the last 3 checkpoints are kept
 
 
 @pytest.mark.parametrize(
@@ -234,4 +270,4 @@ def test_resuming_with_another_model_is_refused(two_epoch_run):
   workdir, _ = two_epoch_run
   with pytest.raises(InputError, match="model='cnn_tiny'"):
     training.train_and_evaluate(tiny_config(num_epochs=3, model="cnn"), workdir)
-  assert checkpointing.Checkpointer(workdir, create=False).latest_epoch() == 2
+  assert checkpointing.Checkpointer(workdir, create=False).latest_step() == 2 * 40

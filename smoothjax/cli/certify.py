@@ -90,6 +90,7 @@ def certify_main():
     "mode": "predict" if predict_mode else "certify",
     "workdir": os.path.abspath(_WORKDIR.value),
     "epoch": int(meta["epoch"]),
+    "step": int(meta["step"]),
     "split": _SPLIT.value,
     "sigma": sigma,
     "n0": _N0.value,
