@@ -28,5 +28,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = "resnet50"
   config.noise_sd = 0.5
   config.eval_batch_size = 500
-  config.checkpoint_every_steps = 1000  # An epoch is 5,005 steps: save within it.
+  config.checkpoint_every_steps = 1000  # An epoch is about 5,000 steps: save within it.
   return config
