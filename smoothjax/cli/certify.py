@@ -196,6 +196,9 @@ def main(argv):
   if args:
     raise app.UsageError(f"unexpected arguments {args}; did you mean 'analyze'?")
   parallel.initialize_distributed()
+  if jax.process_count() > 1:
+    # Every process would append the same rows to the one output file.
+    raise InputError("certify.py runs on one host (all its devices); start it without multi-host")
   return certify_main()
 
 
