@@ -281,7 +281,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
   os.replace(metrics_path + ".tmp", metrics_path)
   every_steps = config.get("checkpoint_every_steps", 0)
 
-  def save(step):
+  def save(step, state):
     meta = {"epoch": step // steps_per_epoch, "step": step, "steps_per_epoch": steps_per_epoch}
     ckpt.save(step, state[0], state[1], meta)
 
@@ -308,7 +308,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         if i % 20 == 0:
           bar.set_postfix(loss=f"{float(m['loss']):.3f}")
         if every_steps and (step + 1) % every_steps == 0 and i + 1 < steps_per_epoch:
-          save(step + 1)
+          save(step + 1, state)
       train = summarize(step_metrics)
       clean, noisy = evaluate(
         trainer,
@@ -338,7 +338,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
       with open(metrics_path, "a") as f:
         f.write(json.dumps(last) + "\n")
       if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
-        save(last["step"])
+        save(last["step"], state)
   finally:
     ckpt.close()
   return last

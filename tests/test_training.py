@@ -63,9 +63,7 @@ def test_resume_equals_uninterrupted_run(two_epoch_run, tmp_path):
   training.train_and_evaluate(tiny_config(num_epochs=1), resumed)
   # Rerunning with a larger num_epochs continues from the epoch-1 checkpoint.
   training.train_and_evaluate(tiny_config(num_epochs=2), resumed)
-  a, b = params_of(workdir), params_of(resumed)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  assert_same_params(workdir, resumed)
   with open(os.path.join(resumed, "metrics.jsonl")) as f:
     assert [json.loads(line)["epoch"] for line in f] == [1, 2]  # no duplicated epochs
 
@@ -163,43 +161,49 @@ def test_train_step_on_8_devices_equals_single_device():
   assert abs(float(line[3]) - float(line[4])) < 1e-5
 
 
+def kill_once_at(monkeypatch, at_epoch: int, at_batch: int) -> list[tuple[int, int]]:
+  """Makes training raise Killed before batch `at_batch` of `at_epoch`, the first time only.
+
+  Returns the list that records (epoch, start_batch) of every epoch training begins.
+  """
+  real_batches = training.data_lib.batches
+  starts, killed = [], []
+
+  def batches(*args, epoch, start_batch=0, **kwargs):
+    starts.append((epoch, start_batch))
+    for i, b in enumerate(real_batches(*args, epoch=epoch, start_batch=start_batch, **kwargs)):
+      if (epoch, start_batch + i) == (at_epoch, at_batch) and not killed:
+        killed.append(True)
+        raise Killed
+      yield b
+
+  monkeypatch.setattr(training.data_lib, "batches", batches)
+  return starts
+
+
+def assert_same_params(workdir_a, workdir_b):
+  a, b = params_of(workdir_a), params_of(workdir_b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
 def test_interrupted_run_resumes_to_the_same_parameters(two_epoch_run, tmp_path, monkeypatch):
   """The same command, killed during epoch 2 and rerun, ends where an uninterrupted run does."""
   workdir, _ = two_epoch_run
   resumed = str(tmp_path / "killed")
-  real_batches = training.data_lib.batches
-
-  def batches_killed_in_epoch_2(*args, epoch, **kwargs):
-    for i, batch in enumerate(real_batches(*args, epoch=epoch, **kwargs)):
-      if epoch == 1 and i == 5:
-        raise Killed
-      yield batch
-
-  monkeypatch.setattr(training.data_lib, "batches", batches_killed_in_epoch_2)
+  starts = kill_once_at(monkeypatch, at_epoch=1, at_batch=5)
   with pytest.raises(Killed):
     training.train_and_evaluate(tiny_config(num_epochs=2), resumed)
-  monkeypatch.setattr(training.data_lib, "batches", real_batches)
   training.train_and_evaluate(tiny_config(num_epochs=2), resumed)
-  a, b = params_of(workdir), params_of(resumed)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  assert starts == [(0, 0), (1, 0), (1, 0)]  # no checkpoint within epochs: epoch 2 restarts
+  assert_same_params(workdir, resumed)
 
 
 def test_mid_epoch_checkpoints_resume_to_the_same_parameters(two_epoch_run, tmp_path, monkeypatch):
   """Killed mid-epoch with checkpoint_every_steps set, the rerun starts mid-epoch and agrees."""
   workdir, _ = two_epoch_run
   resumed = str(tmp_path / "mid")
-  real_batches = training.data_lib.batches
-  starts = []
-
-  def batches_killed_at_step_46(*args, epoch, start_batch=0, **kwargs):
-    starts.append((epoch, start_batch))
-    for i, batch in enumerate(real_batches(*args, epoch=epoch, start_batch=start_batch, **kwargs)):
-      if (epoch, start_batch + i) == (1, 5) and len(starts) == 2:
-        raise Killed
-      yield batch
-
-  monkeypatch.setattr(training.data_lib, "batches", batches_killed_at_step_46)
+  starts = kill_once_at(monkeypatch, at_epoch=1, at_batch=5)
   config = tiny_config(num_epochs=2, checkpoint_every_steps=3)
   with pytest.raises(Killed):
     training.train_and_evaluate(config, resumed)
@@ -208,9 +212,7 @@ def test_mid_epoch_checkpoints_resume_to_the_same_parameters(two_epoch_run, tmp_
   ckpt.close()
   training.train_and_evaluate(config, resumed)
   assert starts == [(0, 0), (1, 0), (1, 5)]
-  a, b = params_of(workdir), params_of(resumed)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  assert_same_params(workdir, resumed)
   _, _, _, meta = checkpointing.restore_model(resumed, epoch=2)
   assert meta["step"] == 80
   with pytest.raises(InputError, match="no checkpoint at the end of epoch 1"):
