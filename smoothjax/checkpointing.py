@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from smoothjax import data as data_lib
+from smoothjax import models
 from smoothjax.errors import InputError
 
 CONFIG_FILE = "config.json"
@@ -145,8 +146,6 @@ def restore_model(workdir: str, epoch: int | None = None):
     ``(model, config, info, meta)`` where ``meta`` holds the checkpoint's ``step``
     and completed ``epoch``s.
   """
-  from smoothjax import training
-
   config = load_config(workdir)
   info = load_info(workdir)
   ckpt = Checkpointer(workdir, create=False)
@@ -154,7 +153,7 @@ def restore_model(workdir: str, epoch: int | None = None):
     step = ckpt.latest_step() if epoch is None else ckpt.step_of_epoch(epoch)
     if step is None:
       raise InputError(f"no checkpoints in {workdir!r}; train first or check --workdir")
-    model = nnx.eval_shape(lambda: training.create_model(config, info, seed=0))
+    model = nnx.eval_shape(lambda: models.from_config(config, info, seed=0))
     graphdef, abstract_state = nnx.split(model)
     state, _, meta = ckpt.restore(step, abstract_state)
   finally:

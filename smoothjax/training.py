@@ -141,18 +141,6 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
   return optax.adamw(schedule, weight_decay=config.weight_decay)
 
 
-def create_model(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo, seed: int):
-  """The model named by ``config.model`` for a dataset, normalising inside."""
-  return models.create(
-    config.model,
-    num_classes=info.num_classes,
-    mean=info.mean,
-    std=info.std,
-    input_shape=info.image_shape,
-    rngs=nnx.Rngs(params=seed),
-  )
-
-
 @dataclasses.dataclass
 class Trainer:
   """A model, its optimiser, and the jitted steps, over a device mesh."""
@@ -206,7 +194,7 @@ class Trainer:
 
 
 def make_trainer(config, info: data_lib.DatasetInfo, steps_per_epoch: int) -> Trainer:
-  model = create_model(config, info, config.seed)
+  model = models.from_config(config, info, seed=config.seed)
   optimizer = nnx.Optimizer(model, make_optimizer(config, steps_per_epoch), wrt=nnx.Param)
   return Trainer(config, model, optimizer)
 

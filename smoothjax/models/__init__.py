@@ -103,6 +103,30 @@ def create(
   )
 
 
+def from_config(config, info, *, seed: int = 0, dtype=jnp.float32) -> nnx.Module:
+  """The model named by a run's ``config.model`` for a dataset, normalising inside.
+
+  Args:
+    config: a training config (anything with a ``model`` field, e.g. a ConfigDict).
+    info: the dataset's :class:`smoothjax.data.DatasetInfo` (classes, image shape,
+      normalisation constants).
+    seed: seed of the ``params`` stream that initialises the weights.
+    dtype: computation dtype.
+
+  Returns:
+    The model, in eval mode.
+  """
+  return create(
+    config.model,
+    num_classes=info.num_classes,
+    mean=info.mean,
+    std=info.std,
+    input_shape=tuple(info.image_shape),
+    rngs=nnx.Rngs(params=seed),
+    dtype=dtype,
+  )
+
+
 def param_count(model: nnx.Module) -> int:
   """Number of trainable (``nnx.Param``) scalars; works on ``nnx.eval_shape`` models too."""
   return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
@@ -126,5 +150,6 @@ __all__ = [
   "ResNet110",
   "ResNetTiny",
   "create",
+  "from_config",
   "param_count",
 ]
