@@ -15,9 +15,11 @@ quicker run.
 
 import ml_collections
 
+from configs import default
+
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
+  config = default.get_config()  # for the mode sections; every other field is set here
   config.dataset = "cifar10"
   config.data_dir = ""
   config.eval_split = "test"

@@ -22,9 +22,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment = "none"  # "none", "flip" or "crop_flip" (random crop, padding 4, + flip)
   # Model.
   config.model = "cnn"
-  # Training mode and noise: "standard" (clean) or "gaussian" (Cohen et al. 2019).
+  # Training mode (smoothjax.modes): "standard" (clean), "gaussian" (Cohen et al. 2019;
+  # alias "noise"), "fgsm" / "pgd" (Madry et al. 2018, settings in `attack`),
+  # "smoothadv" (Salman et al. 2019), "consistency" (Jeong & Shin 2020), "macer"
+  # (Zhai et al. 2020). Each mode's settings live in its section below (papers' defaults).
   config.mode = "gaussian"
-  config.noise_sd = 0.25
+  config.noise_sd = 0.25  # training and evaluation noise (0: none)
+  config.attack = ml_collections.ConfigDict(
+    dict(norm="linf", eps=0.3, steps=10, step_size=0.0, random_start=True)
+  )  # fgsm / pgd; step_size 0: 2.5 * eps / steps
+  config.smoothadv = ml_collections.ConfigDict(
+    dict(m=2, eps=0.25, steps=2, step_size=0.0, warmup_epochs=10)
+  )  # step_size 0: 2 * eps / steps; eps grows linearly over warmup_epochs
+  config.consistency = ml_collections.ConfigDict(dict(m=2, lbd=10.0, eta=0.5))
+  config.macer = ml_collections.ConfigDict(dict(m=16, beta=16.0, gamma=8.0, lbd=12.0))
   # Optimisation.
   config.num_epochs = 6
   config.batch_size = 64
@@ -34,10 +45,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.momentum = 0.9
   config.nesterov = False
   config.weight_decay = 5e-4
-  config.schedule = "cosine"  # "constant", "step" or "cosine"
+  config.schedule = "cosine"  # "constant", "step", "multistep" or "cosine"
   config.warmup_epochs = 1
   config.lr_step_epochs = 30  # for "step"
-  config.lr_decay = 0.1  # for "step"
+  config.lr_decay = 0.1  # for "step" and "multistep"
+  config.lr_milestones = ()  # for "multistep": epochs at which lr is multiplied by lr_decay
   # Bookkeeping.
   config.seed = 0
   config.checkpoint_every_epochs = 1

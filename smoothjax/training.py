@@ -1,17 +1,20 @@
-"""Training base classifiers for randomized smoothing.
+"""Training base classifiers for randomized smoothing: the loop.
 
-A training *mode* says how a clean batch becomes the batch the model is trained
-on. ``standard`` trains on clean images; ``gaussian`` adds ``N(0, noise_sd^2 I)``
-in [0, 1] pixel space, the Gaussian data augmentation of Cohen, Rosenfeld and
-Kolter, "Certified Adversarial Robustness via Randomized Smoothing" (ICML 2019).
-A new mode is one function added to :data:`MODES`.
+What is trained on is the *mode*'s business (:mod:`smoothjax.modes`: each mode is
+a loss ``loss_fn(model, key, images, labels, epoch) -> (loss, aux)``); this
+module holds the optimisers, schedules, the jitted train and eval steps and the
+epoch loop with its checkpoints, metrics and resume.
 
 The train step is a pure jitted function of ``(graphdef, state, images, labels,
-key)``: the model and its optimiser are split once with ``nnx.split`` and merged
-inside the step, batches are sharded over the ``data`` axis of a mesh and the
-state is replicated, so one code path runs on 1 CPU, 8 fake CPU devices, GPUs and
-TPUs. The step's key is ``fold_in(train_key, step)``, so a resumed run draws the
-same noise as an uninterrupted one.
+key, epoch)``: the model and its optimiser are split once with ``nnx.split`` and
+merged inside the step, batches are sharded over the ``data`` axis of a mesh and
+the state is replicated, so one code path runs on 1 CPU, 8 fake CPU devices,
+GPUs and TPUs. The step's key is ``fold_in(train_key, step)``, so a resumed run
+draws the same noise as an uninterrupted one.
+
+A run that diverges (a non-finite loss or parameter) stops with an error before
+the broken state is saved; a workdir is held by one training process at a time
+(``WORKDIR/train.lock``).
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
+import numbers
 import os
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -31,30 +37,39 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from smoothjax import augment, checkpointing, models, parallel
+from smoothjax import augment, checkpointing, locks, models, modes, parallel
 from smoothjax import data as data_lib
 from smoothjax.errors import InputError
 
-# A mode maps (model, key, images, labels, config) to the images to train on. It
-# runs inside the jitted step; `model` is available for modes that attack it.
-ModeFn = Callable[
-  [nnx.Module, jax.Array, jax.Array, jax.Array, ml_collections.ConfigDict], jax.Array
-]
-
-
-def _standard(model, key, images, labels, config):
-  del model, key, labels, config
-  return images
-
-
-def _gaussian(model, key, images, labels, config):
-  del model, labels
-  return images + config.noise_sd * jax.random.normal(key, images.shape, images.dtype)
-
-
-MODES: dict[str, ModeFn] = {"standard": _standard, "gaussian": _gaussian}
+MODES = modes.MODES
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "step", "cosine")
+SCHEDULES = ("constant", "step", "multistep", "cosine")
+# Fields every training config has (configs/default.py defines them all).
+REQUIRED_FIELDS = (
+  "dataset",
+  "model",
+  "mode",
+  "noise_sd",
+  "num_epochs",
+  "batch_size",
+  "eval_batch_size",
+  "optimizer",
+  "learning_rate",
+  "momentum",
+  "weight_decay",
+  "schedule",
+  "seed",
+  "checkpoint_every_epochs",
+  "keep_checkpoints",
+)
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -64,37 +79,82 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not cond:
       raise InputError(message)
 
+  missing = [f for f in REQUIRED_FIELDS if f not in config]
   need(
-    config.mode in MODES, f"unknown training mode {config.mode!r}; choose one of {sorted(MODES)}"
+    not missing,
+    f"the config lacks {', '.join(missing)}; start from configs/default.py "
+    "(import it and override fields, as configs/mnist_lenet.py does)",
   )
   need(
     config.model in models.MODELS,
     f"unknown model {config.model!r}; choose one of {list(models.MODELS)}",
   )
+  # Builds the noise and the mode's loss: checks noise_sd, the mode and its section.
+  modes.build(config)
   need(
-    np.isfinite(config.noise_sd) and config.noise_sd >= 0,
-    f"noise_sd must be >= 0, got {config.noise_sd}",
-  )
-  need(
-    config.mode != "gaussian" or config.noise_sd > 0,
-    "mode 'gaussian' needs noise_sd > 0 (set --config.noise_sd)",
+    config.mode not in ("gaussian", "noise") or config.noise_sd > 0,
+    f"mode {config.mode!r} needs noise_sd > 0 (set --config.noise_sd)",
   )
   for name in ("batch_size", "eval_batch_size", "num_epochs", "keep_checkpoints"):
     need(
-      isinstance(config[name], int) and config[name] >= 1,
+      _is_int(config[name]) and config[name] >= 1,
       f"{name} must be an integer >= 1, got {config[name]!r}",
     )
+  need(
+    _is_int(config.seed) and config.seed >= 0, f"seed must be an integer >= 0, got {config.seed!r}"
+  )
   need(
     config.get("augment", "none") in augment.AUGMENTATIONS,
     f"unknown augment {config.get('augment')!r}; choose one of {list(augment.AUGMENTATIONS)}",
   )
-  need(config.checkpoint_every_epochs >= 1, "checkpoint_every_epochs must be >= 1")
   need(
-    config.get("checkpoint_every_steps", 0) >= 0,
-    "checkpoint_every_steps must be >= 0 (0: only at epoch ends)",
+    _is_int(config.checkpoint_every_epochs) and config.checkpoint_every_epochs >= 1,
+    f"checkpoint_every_epochs must be an integer >= 1, got {config.checkpoint_every_epochs!r}",
   )
-  need(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")
-  need(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}")
+  every = config.get("checkpoint_every_steps", 0)
+  need(
+    _is_int(every) and every >= 0,
+    f"checkpoint_every_steps must be an integer >= 0 (0: only at epoch ends), got {every!r}",
+  )
+  need(
+    _is_real(config.learning_rate) and config.learning_rate > 0,
+    f"learning_rate must be a finite number > 0, got {config.learning_rate!r}",
+  )
+  need(
+    _is_real(config.weight_decay) and config.weight_decay >= 0,
+    f"weight_decay must be a finite number >= 0, got {config.weight_decay!r}",
+  )
+  need(
+    _is_real(config.momentum) and 0 <= config.momentum < 1,
+    f"momentum must be a number in [0, 1), got {config.momentum!r}",
+  )
+  need(
+    _is_real(config.get("lr_decay", 0.1)) and 0 < config.get("lr_decay", 0.1) <= 1,
+    f"lr_decay must be a number in (0, 1], got {config.get('lr_decay')!r}",
+  )
+  need(
+    _is_int(config.get("lr_step_epochs", 30)) and config.get("lr_step_epochs", 30) >= 1,
+    f"lr_step_epochs must be an integer >= 1, got {config.get('lr_step_epochs')!r}",
+  )
+  need(
+    _is_real(config.get("warmup_epochs", 0)) and config.get("warmup_epochs", 0) >= 0,
+    f"warmup_epochs must be a number >= 0, got {config.get('warmup_epochs')!r}",
+  )
+  milestones = config.get("lr_milestones", ())
+  need(
+    config.schedule != "multistep"
+    or (
+      len(milestones) > 0
+      and all(_is_int(e) and e >= 1 for e in milestones)
+      and list(milestones) == sorted(set(milestones))
+    ),
+    f"schedule 'multistep' needs lr_milestones, increasing epochs >= 1, got {milestones!r}",
+  )
+  for name in ("nesterov", "progress"):
+    need(
+      isinstance(config.get(name, False), bool),
+      f"{name} must be True or False, got {config.get(name)!r}",
+    )
   need(
     config.optimizer in OPTIMIZERS,
     f"unknown optimizer {config.optimizer!r}; choose one of {list(OPTIMIZERS)}",
@@ -113,8 +173,9 @@ def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> op
   """Learning-rate schedule in optimiser steps.
 
   ``step`` multiplies the rate by ``lr_decay`` every ``lr_step_epochs`` epochs (Cohen
-  et al.: 0.1 every 30 epochs); its values do not depend on ``num_epochs``, so a run
-  extended with a larger ``num_epochs`` follows the same curve. ``cosine`` decays
+  et al.: 0.1 every 30 epochs); ``multistep`` multiplies it by ``lr_decay`` at each
+  epoch of ``lr_milestones`` (MACER: 200 and 400). Their values do not depend on
+  ``num_epochs``, so a run extended with a larger ``num_epochs`` follows the same curve. ``cosine`` decays
   to 0 over ``num_epochs`` after ``warmup_epochs`` of linear warm-up.
   """
   lr = config.learning_rate
@@ -123,6 +184,9 @@ def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> op
   if config.schedule == "step":
     every = config.lr_step_epochs * steps_per_epoch
     return optax.exponential_decay(lr, every, config.lr_decay, staircase=True)
+  if config.schedule == "multistep":
+    boundaries = {int(e) * steps_per_epoch: config.lr_decay for e in config.lr_milestones}
+    return optax.piecewise_constant_schedule(lr, boundaries)
   warmup = config.get("warmup_epochs", 0) * steps_per_epoch
   total = config.num_epochs * steps_per_epoch
   return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total, warmup + 1), 0.0)
@@ -143,7 +207,7 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
 
 @dataclasses.dataclass
 class Trainer:
-  """A model, its optimiser, and the jitted steps, over a device mesh."""
+  """A model, its optimiser, the mode's loss and the jitted steps, over a device mesh."""
 
   config: ml_collections.ConfigDict
   model: nnx.Module
@@ -152,37 +216,44 @@ class Trainer:
   def __post_init__(self):
     self.graphdef, state = nnx.split((self.model, self.optimizer))
     del state
-    self._mode = MODES[self.config.mode]
+    self._loss_fn = modes.build(self.config)
+    self.noise = modes.noise_from_config(self.config)
 
   def state(self):
     return nnx.state((self.model, self.optimizer))
 
   @functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(1,))
-  def train_step(self, state, images, labels, key):
-    """One optimiser step; returns the new state and (loss, accuracy) on the batch."""
+  def train_step(self, state, images, labels, key, epoch=0):
+    """One optimiser step.
+
+    Returns:
+      The new state and the batch's metrics: ``loss``, the mode's ``aux`` entries
+      (``accuracy`` first) and ``finite`` (False once the loss or a parameter is
+      NaN or infinite).
+    """
     model, optimizer = nnx.merge(self.graphdef, state)
     model.train()
     augment_key, mode_key = jax.random.split(key)
     images = augment.apply(self.config.get("augment", "none"), augment_key, images)
-    inputs = self._mode(model, mode_key, images, labels, self.config)
 
     def loss_fn(model):
-      logits = model(inputs)
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      return loss, logits
+      return self._loss_fn(model, mode_key, images, labels, epoch)
 
-    (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-    return nnx.state((model, optimizer)), {"loss": loss, "accuracy": accuracy}
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in params]))
+    return nnx.state((model, optimizer)), {"loss": loss, **aux, "finite": finite}
 
   @functools.partial(jax.jit, static_argnums=(0,))
-  def eval_step(self, state, images, labels, key, noise_sd):
-    """Correct-prediction counts on clean images and under Gaussian noise ``noise_sd``."""
+  def eval_step(self, state, images, labels, key):
+    """Correct-prediction counts on clean images and under the run's noise (clean if none)."""
     model, _ = nnx.merge(self.graphdef, state)
     model.eval()
     clean = jnp.sum(jnp.argmax(model(images), -1) == labels)
-    noisy_inputs = images + noise_sd * jax.random.normal(key, images.shape, images.dtype)
+    if self.noise is None:
+      return clean, clean
+    noisy_inputs = images + self.noise.sample(key, images.shape, images.dtype)
     noisy = jnp.sum(jnp.argmax(model(noisy_inputs), -1) == labels)
     return clean, noisy
 
@@ -199,8 +270,8 @@ def make_trainer(config, info: data_lib.DatasetInfo, steps_per_epoch: int) -> Tr
   return Trainer(config, model, optimizer)
 
 
-def evaluate(trainer: Trainer, state, split, *, batch_size: int, noise_sd: float, key, mesh):
-  """Clean accuracy and accuracy under ``noise_sd`` Gaussian noise over a whole split."""
+def evaluate(trainer: Trainer, state, split, *, batch_size: int, key, mesh):
+  """Clean accuracy and accuracy under the run's noise over a whole split."""
   n = len(split)
   clean = noisy = 0
   ndev = mesh.devices.size
@@ -213,123 +284,257 @@ def evaluate(trainer: Trainer, state, split, *, batch_size: int, noise_sd: float
       images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
       labels = np.concatenate([labels, np.full((pad,), -1, labels.dtype)])
     images, labels = parallel.shard_batch((images, labels), mesh)
-    c, z = trainer.eval_step(state, images, labels, jax.random.fold_in(key, i), noise_sd)
+    c, z = trainer.eval_step(state, images, labels, jax.random.fold_in(key, i))
     clean += int(c)
     noisy += int(z)
   return clean / n, noisy / n
 
 
-def summarize(metrics: list[Mapping[str, jax.Array]]) -> dict[str, float]:
-  """Means of per-step metrics, fetched from the device once."""
-  stacked = jax.device_get(metrics)
-  return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]} if stacked else {}
+class _EpochMetrics:
+  """Sums of per-step metrics over an epoch, carried across a mid-epoch resume.
+
+  The device values of recent steps are fetched in groups, so the loop does not
+  wait on the device every step; the sums are float64 on the host.
+  """
+
+  def __init__(self, partial: Mapping | None = None):
+    partial = partial or {}
+    self.sums = {k: float(v) for k, v in partial.get("sums", {}).items()}
+    self.count = int(partial.get("count", 0))
+    self._pending: list[dict] = []
+
+  def add(self, metrics: dict) -> None:
+    self._pending.append(metrics)
+
+  def flush(self) -> bool:
+    """Adds the pending steps to the sums; returns False if any step was non-finite."""
+    finite = True
+    for m in jax.device_get(self._pending):
+      finite &= bool(m.pop("finite"))
+      for k, v in m.items():
+        self.sums[k] = self.sums.get(k, 0.0) + float(v)
+      self.count += 1
+    self._pending = []
+    return finite
+
+  def means(self) -> dict[str, float]:
+    return {k: v / self.count for k, v in self.sums.items()} if self.count else {}
+
+  def partial(self) -> dict:
+    return {"sums": dict(self.sums), "count": self.count}
+
+
+def _diverged(step: int, steps_per_epoch: int, config) -> InputError:
+  return InputError(
+    f"training diverged: the loss or the parameters became NaN or infinite by step {step} "
+    f"(epoch {step / steps_per_epoch:.2f}) with learning_rate={config.learning_rate:g}; "
+    "nothing from this point was saved: lower learning_rate (or check noise_sd and the "
+    "mode's settings) and rerun"
+  )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> dict:
   """Trains ``config.num_epochs`` epochs, resuming from the latest checkpoint in ``workdir``.
 
-  Each epoch logs train loss/accuracy, clean test accuracy and test accuracy under
-  the training noise to the console and to ``WORKDIR/metrics.jsonl``. A checkpoint
-  is saved every ``checkpoint_every_epochs`` epochs, at the end, and, if
-  ``checkpoint_every_steps`` > 0, every that many steps within an epoch (for long
-  epochs); a resumed run continues from the latest one, mid-epoch included, and
-  draws the same batches and noise as an uninterrupted run.
+  Each epoch logs the mode's train loss and metrics, clean test accuracy and test
+  accuracy under the training noise to the console and to ``WORKDIR/metrics.jsonl``.
+  A checkpoint is saved every ``checkpoint_every_epochs`` epochs, at the end, and,
+  if ``checkpoint_every_steps`` > 0, every that many steps within an epoch (for
+  long epochs); a resumed run continues from the latest intact one, mid-epoch
+  included, and draws the same batches and noise as an uninterrupted run.
 
   Returns:
     The last epoch's metrics.
+
+  Raises:
+    InputError: bad settings, a workdir in use or trained with other settings, or
+      a run that diverged.
   """
   validate_config(config)
   dataset = data_lib.load(config.dataset, data_dir=config.get("data_dir") or None)
   train_split, test_split = dataset.split("train"), dataset.split(config.get("eval_split", "test"))
+  if config.batch_size > len(train_split):
+    raise InputError(
+      f"batch_size {config.batch_size} is larger than the {len(train_split)} training "
+      "examples; choose a smaller --config.batch_size"
+    )
   steps_per_epoch = data_lib.num_batches(train_split, config.batch_size)
   mesh = parallel.make_mesh() if mesh is None else mesh
-
   _check_same_run(config, workdir)
+  _make_workdir(workdir)
+  with locks.exclusive(os.path.join(workdir, "train.lock"), f"workdir {workdir}"):
+    return _train(config, workdir, dataset, train_split, test_split, steps_per_epoch, mesh)
+
+
+def _make_workdir(workdir: str) -> None:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise InputError(f"--workdir {workdir} is a file, not a directory; choose another --workdir")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise InputError(f"cannot create --workdir {workdir} ({e.strerror}); choose another") from e
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise InputError(f"--workdir {workdir} is not writable; choose another or fix its permissions")
+
+
+def _train(config, workdir, dataset, train_split, test_split, steps_per_epoch, mesh) -> dict:
   trainer = make_trainer(config, dataset.info, steps_per_epoch)
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
   state = parallel.replicate(trainer.state(), mesh)
-  start_step = 0
-  latest = ckpt.latest_step()
-  if latest is not None:
-    model_state, opt_state, meta = ckpt.restore(latest, state[0], state[1])
-    state = parallel.replicate(nnx.State({0: model_state, 1: opt_state}), mesh)
-    start_step = int(meta["step"])
-    print(
-      f"resuming from step {start_step} (epoch {start_step / steps_per_epoch:.2f}) in {workdir}"
+  start_step, partial = 0, None
+  try:
+    restored = ckpt.restore_latest(state[0], state[1])
+    if restored is not None:
+      start_step, model_state, opt_state, meta = restored
+      saved_spe = int(meta.get("steps_per_epoch", steps_per_epoch))
+      if saved_spe != steps_per_epoch:
+        raise InputError(
+          f"{workdir} was trained with {saved_spe} steps per epoch, this config gives "
+          f"{steps_per_epoch} (batch_size {config.batch_size} on {len(train_split)} examples); "
+          "resume with the batch_size it was trained with, or choose a new --workdir"
+        )
+      state = parallel.replicate(nnx.State({0: model_state, 1: opt_state}), mesh)
+      partial = meta.get("partial")
+    total_steps = config.num_epochs * steps_per_epoch
+    if start_step >= total_steps:
+      done = start_step / steps_per_epoch
+      print(
+        f"{workdir} has already trained {done:g} epochs (num_epochs={config.num_epochs}): "
+        "nothing to do; pass a larger --config.num_epochs to train further"
+      )
+      history = _read_history(os.path.join(workdir, "metrics.jsonl"), upto_epoch=int(done))
+      return history[-1] if history else {}
+    if start_step:
+      print(
+        f"resuming from step {start_step} (epoch {start_step / steps_per_epoch:.2f}) in {workdir}"
+      )
+    checkpointing.save_run_files(workdir, config, dataset.info)
+    return _loop(
+      config,
+      workdir,
+      trainer,
+      ckpt,
+      state,
+      start_step,
+      partial,
+      test_split,
+      train_split,
+      steps_per_epoch,
+      mesh,
     )
-  checkpointing.save_run_files(workdir, config, dataset.info)
+  finally:
+    ckpt.close()
 
+
+def _loop(
+  config,
+  workdir,
+  trainer,
+  ckpt,
+  state,
+  start_step,
+  partial,
+  test_split,
+  train_split,
+  steps_per_epoch,
+  mesh,
+) -> dict:
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   history = _read_history(metrics_path, upto_epoch=start_step // steps_per_epoch)
   train_key = jax.random.fold_in(jax.random.key(config.seed), 0)
   eval_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   last = history[-1] if history else {}
-  with open(metrics_path + ".tmp", "w") as f:
-    f.writelines(json.dumps(h) + "\n" for h in history)
-  os.replace(metrics_path + ".tmp", metrics_path)
+  _write_lines(metrics_path, history)
   every_steps = config.get("checkpoint_every_steps", 0)
 
-  def save(step, state):
+  def save(step, state, epoch_metrics=None):
     meta = {"epoch": step // steps_per_epoch, "step": step, "steps_per_epoch": steps_per_epoch}
+    if epoch_metrics is not None:
+      meta["partial"] = epoch_metrics.partial()
     ckpt.save(step, state[0], state[1], meta)
 
-  try:
-    for epoch in range(start_step // steps_per_epoch, config.num_epochs):
-      t0 = time.time()
-      step_metrics = []
-      first = max(start_step - epoch * steps_per_epoch, 0)
-      bar = tqdm(
-        data_lib.batches(
-          train_split, config.batch_size, seed=config.seed, epoch=epoch, start_batch=first
-        ),
-        initial=first,
-        total=steps_per_epoch,
-        desc=f"epoch {epoch + 1}/{config.num_epochs}",
-        leave=False,
-        disable=not config.get("progress", True),
-      )
-      for i, (images, labels) in enumerate(bar, start=first):
-        step = epoch * steps_per_epoch + i
-        batch = parallel.shard_batch((images, labels.astype(np.int32)), mesh)
-        state, m = trainer.train_step(state, *batch, jax.random.fold_in(train_key, step))
-        step_metrics.append(m)
-        if i % 20 == 0:
-          bar.set_postfix(loss=f"{float(m['loss']):.3f}")
-        if every_steps and (step + 1) % every_steps == 0 and i + 1 < steps_per_epoch:
-          save(step + 1, state)
-      train = summarize(step_metrics)
-      clean, noisy = evaluate(
-        trainer,
-        state,
-        test_split,
-        batch_size=config.eval_batch_size,
-        noise_sd=config.noise_sd,
-        key=jax.random.fold_in(eval_key, epoch),
-        mesh=mesh,
-      )
-      last = {
-        "epoch": epoch + 1,
-        "step": (epoch + 1) * steps_per_epoch,
-        "train_loss": train["loss"],
-        "train_accuracy": train["accuracy"],
-        "test_accuracy": clean,
-        "test_accuracy_noisy": noisy,
-        "noise_sd": config.noise_sd,
-        "seconds": time.time() - t0,
-      }
-      print(
-        f"epoch {epoch + 1:3d}/{config.num_epochs}  loss {train['loss']:.4f}  "
-        f"train acc {train['accuracy']:.4f}  test acc {clean:.4f}  "
-        f"test acc (noise {config.noise_sd:g}) {noisy:.4f}  {last['seconds']:.1f}s",
-        flush=True,
-      )
-      with open(metrics_path, "a") as f:
-        f.write(json.dumps(last) + "\n")
-      if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
-        save(last["step"], state)
-  finally:
-    ckpt.close()
+  for epoch in range(start_step // steps_per_epoch, config.num_epochs):
+    t0 = time.time()
+    first = max(start_step - epoch * steps_per_epoch, 0)
+    epoch_metrics = _EpochMetrics(partial if first else None)
+    bar = tqdm(
+      data_lib.batches(
+        train_split, config.batch_size, seed=config.seed, epoch=epoch, start_batch=first
+      ),
+      initial=first,
+      total=steps_per_epoch,
+      desc=f"epoch {epoch + 1}/{config.num_epochs}",
+      leave=False,
+      disable=not config.get("progress", True),
+    )
+    epoch_arg = jnp.asarray(epoch, jnp.int32)
+    for i, (images, labels) in enumerate(bar, start=first):
+      step = epoch * steps_per_epoch + i
+      batch = parallel.shard_batch((images, labels.astype(np.int32)), mesh)
+      state, m = trainer.train_step(state, *batch, jax.random.fold_in(train_key, step), epoch_arg)
+      epoch_metrics.add(m)
+      at_save = every_steps and (step + 1) % every_steps == 0 and i + 1 < steps_per_epoch
+      if i % 20 == 0 or at_save:
+        if not epoch_metrics.flush():
+          raise _diverged(step + 1, steps_per_epoch, config)
+        bar.set_postfix(loss=f"{float(m['loss']):.3f}")
+      if at_save:
+        save(step + 1, state, epoch_metrics)
+    if not epoch_metrics.flush():
+      raise _diverged((epoch + 1) * steps_per_epoch, steps_per_epoch, config)
+    train = epoch_metrics.means()
+    clean, noisy = evaluate(
+      trainer,
+      state,
+      test_split,
+      batch_size=config.eval_batch_size,
+      key=jax.random.fold_in(eval_key, epoch),
+      mesh=mesh,
+    )
+    last = {
+      "epoch": epoch + 1,
+      "step": (epoch + 1) * steps_per_epoch,
+      "train_loss": train.pop("loss"),
+      "train_accuracy": train.pop("accuracy"),
+      **{f"train_{k}": v for k, v in sorted(train.items())},
+      "test_accuracy": clean,
+      "test_accuracy_noisy": noisy,
+      "noise_sd": config.noise_sd,
+      "seconds": time.time() - t0,
+    }
+    if first:
+      last["resumed_at_step"] = start_step
+    extra = "".join(
+      f"  {k[6:]} {v:.4f}"
+      for k, v in last.items()
+      if k.startswith("train_") and k not in ("train_loss", "train_accuracy")
+    )
+    print(
+      f"epoch {epoch + 1:3d}/{config.num_epochs}  loss {last['train_loss']:.4f}  "
+      f"train acc {last['train_accuracy']:.4f}{extra}  test acc {clean:.4f}  "
+      f"test acc (noise {config.noise_sd:g}) {noisy:.4f}  {last['seconds']:.1f}s",
+      flush=True,
+    )
+    with open(metrics_path, "a") as f:
+      f.write(_json_line(last))
+    if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
+      save(last["step"], state)
   return last
+
+
+def _json_line(row: Mapping) -> str:
+  """One strict-JSON line: non-finite numbers become null (``NaN`` is not JSON)."""
+  clean = {
+    k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()
+  }
+  return json.dumps(clean, allow_nan=False) + "\n"
+
+
+def _write_lines(path: str, rows: list[dict]) -> None:
+  """Rewrites a JSON-lines file atomically."""
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.writelines(_json_line(r) for r in rows)
+  os.replace(path + ".tmp", path)
 
 
 # Settings that change the shapes of the saved state: a workdir cannot resume with others.
@@ -338,7 +543,7 @@ _STATE_FIELDS = ("model", "dataset", "optimizer")
 
 def _check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses to resume a workdir trained with another model, dataset or optimiser."""
-  if not os.path.exists(os.path.join(workdir, checkpointing.CONFIG_FILE)):
+  if not os.path.isfile(os.path.join(workdir, checkpointing.CONFIG_FILE)):
     return
   saved = checkpointing.load_config(workdir)
   clash = [f"{f}={saved.get(f)!r}" for f in _STATE_FIELDS if saved.get(f) != config.get(f)]
@@ -355,9 +560,23 @@ def _check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def _read_history(path: str, upto_epoch: int) -> list[dict]:
-  """Metrics lines of epochs already checkpointed (later ones are retrained)."""
+  """Metrics lines of epochs already checkpointed (later ones are retrained).
+
+  A line that does not parse (a run killed while writing it) is dropped with a note.
+  """
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  return [r for r in rows if r["epoch"] <= upto_epoch]
+  rows = []
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for lineno, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+        epoch = int(row["epoch"])
+      except (ValueError, KeyError, TypeError):
+        print(f"note: dropping damaged line {lineno} of {path}", file=sys.stderr)
+        continue
+      if epoch <= upto_epoch:
+        rows.append(row)
+  return rows
