@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
+import re
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from smoothjax import results
 from smoothjax.errors import InputError
 from smoothjax.results import (
   CERTIFY_COLUMNS,
@@ -258,3 +261,251 @@ def test_read_errors(tmp_path):
   empty.write_text("")
   with pytest.raises(InputError, match="header"):
     read_results(empty)
+
+
+# --------------------------------------------------------------------------
+# Validation, duplicates, paths and damaged files (issue 7).
+
+HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+GOOD_ROW = "0\t3\t3\t0.5\t1\t0:00:01\n"
+
+
+@pytest.mark.parametrize(
+  "row,problem",
+  [
+    ("5\t1\t-1\t2.0\t0\t0:00:01", "an abstention (predict -1) has radius 2.0, not 0"),
+    ("5\t1\t-1\t0.0\t1\t0:00:01", "an abstention (predict -1) is marked correct"),
+    ("5\t1\t1\t-0.5\t1\t0:00:01", "radius -0.5 is negative"),
+    ("5\t1\t1\tnan\t1\t0:00:01", "radius nan is not a finite number"),
+    ("5\t1\t1\tinf\t1\t0:00:01", "radius inf is not a finite number"),
+    ("5\t1\t2\t0.5\t1\t0:00:01", "correct is 1 but predict 2 and label 1 say 0"),
+    ("5\t1\t1\t0.5\t0\t0:00:01", "correct is 0 but predict 1 and label 1 say 1"),
+    ("5\t1\t1\t0.5\t2\t0:00:01", "correct is 2, not 0 or 1"),
+    ("5\t1\t-2\t0.0\t0\t0:00:01", "predict -2 is below -1"),
+    ("-5\t1\t1\t0.5\t1\t0:00:01", "idx -5 is negative"),
+    ("5\t-1\t-1\t0.0\t0\t0:00:01", "label -1 is negative"),
+    ("5\t1\tone\t0.5\t1\t0:00:01", "predict 'one' is not a number"),
+  ],
+)
+def test_inconsistent_rows_are_refused_naming_file_and_line(tmp_path, row, problem):
+  path = tmp_path / "edited.tsv"
+  path.write_text(HEADER + GOOD_ROW + row + "\n")
+  with pytest.raises(InputError) as e:
+    read_results(path)
+  message = str(e.value)
+  assert message.startswith(f"{path} line 3: {problem}"), message
+  assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+  "row,problem",
+  [
+    ("5\t1\t-1\t1\t0:00:01", "an abstention (predict -1) is marked correct"),
+    ("5\t1\t2\t1\t0:00:01", "correct is 1 but predict 2"),
+  ],
+)
+def test_inconsistent_prediction_rows_are_refused(tmp_path, row, problem):
+  path = tmp_path / "pred.tsv"
+  path.write_text(COHEN_PREDICT + row + "\n")
+  with pytest.raises(InputError, match=re.escape(f"line 4: {problem}")):
+    read_results(path)
+
+
+def test_writer_never_writes_an_inconsistent_row(tmp_path):
+  path = tmp_path / "c.tsv"
+  with ResultWriter(path, COLUMNS) as w:
+    for bad in [
+      dict(make_row(3), radius=0.5),  # make_row(3) abstains
+      dict(make_row(1), radius=float("nan")),
+      dict(make_row(1), radius=float("inf")),
+      dict(make_row(1), correct=0),
+    ]:
+      with pytest.raises(ValueError, match="inconsistent row"):
+        w.write(bad)
+  assert path.read_text() == "\t".join(COLUMNS) + "\n"
+
+
+def test_verbatim_duplicates_count_once_with_a_note(tmp_path, capsys):
+  path = tmp_path / "dup.tsv"
+  # Same row twice, only the time differs (two runs of one input).
+  path.write_text(COHEN_CERTIFY + "20\t8\t-1\t0.0\t0\t0:00:09\n")
+  r = read_results(path)
+  assert r.idx.tolist() == [0, 20, 40, 60]
+  assert "repeats 1 row(s) verbatim" in capsys.readouterr().err
+
+
+def test_conflicting_duplicates_are_refused_naming_idx_and_lines(tmp_path):
+  path = tmp_path / "mixed.tsv"
+  path.write_text(COHEN_CERTIFY + "20\t8\t8\t0.3\t1\t0:00:01\n")
+  with pytest.raises(InputError, match=r"two different rows for idx 20 \(lines 3 and 6\)"):
+    read_results(path)
+
+
+def test_resume_removes_verbatim_duplicates_and_refuses_conflicts(tmp_path):
+  path = tmp_path / "c.tsv"
+  write_all(path, [make_row(i) for i in range(4)])
+  clean = path.read_bytes()
+  lines = clean.decode().splitlines(keepends=True)
+  path.write_text("".join(lines + [lines[2]]))  # Row of idx 1 appended again.
+  with ResultWriter(path, COLUMNS, settings=SETTINGS) as w:
+    assert w.done == {0, 1, 2, 3}
+    assert w.existing.idx.tolist() == [0, 1, 2, 3]
+  assert path.read_bytes() == clean  # Rewritten with each row once.
+  conflicting = lines[2].replace("\t0.1123\t", "\t0.9000\t")
+  assert conflicting != lines[2]
+  path.write_text("".join(lines + [conflicting]))
+  before = path.read_bytes()
+  with pytest.raises(InputError, match=r"idx 1 \(lines 3 and 6\)"):
+    ResultWriter(path, COLUMNS, settings=SETTINGS)
+  assert path.read_bytes() == before
+
+
+def test_crlf_header_is_reported_as_windows_line_endings(tmp_path):
+  path = tmp_path / "c.tsv"
+  write_all(path, [make_row(0)])
+  path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+  with pytest.raises(InputError, match=r"Windows line endings \(CRLF\)") as e:
+    ResultWriter(path, COLUMNS, settings=SETTINGS)
+  assert str(e.value).count("idx") == 0  # No column lists that look identical.
+  assert read_results(path).idx.tolist() == [0]  # Readers accept CRLF files.
+
+
+@pytest.mark.parametrize(
+  "make,kind",
+  [
+    (lambda p: os.mkfifo(p), "a FIFO"),
+    (lambda p: os.mkdir(p), "a directory"),
+  ],
+)
+def test_non_regular_files_are_refused_without_blocking(tmp_path, make, kind):
+  path = tmp_path / "special"
+  make(path)
+  with pytest.raises(InputError, match=f"is {kind}"):
+    read_results(path)
+  with pytest.raises(InputError, match=f"is {kind}"):
+    ResultWriter(path, COLUMNS, settings=SETTINGS)
+  assert not os.path.exists(settings_path(path))
+
+
+@pytest.mark.parametrize("device", ["/dev/null", "/dev/full"])
+def test_devices_are_refused(device):
+  if not os.path.exists(device):
+    pytest.skip(f"no {device}")
+  with pytest.raises(InputError, match="is a device"):
+    read_results(device)
+  with pytest.raises(InputError, match="is a device"):
+    ResultWriter(device, COLUMNS)
+
+
+def test_binary_data_is_not_a_result_file(tmp_path):
+  path = tmp_path / "plot.png"
+  path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\n")
+  with pytest.raises(InputError, match="binary data"):
+    read_results(path)
+  latin1 = tmp_path / "latin1.tsv"
+  latin1.write_bytes(HEADER.encode() + "0\t3\t3\t0.5\t1\t\xe9t\xe9\n".encode("latin-1"))
+  with pytest.raises(InputError, match="not UTF-8 text"):
+    read_results(latin1)
+
+
+def test_output_under_a_file_or_read_only_is_refused(tmp_path, monkeypatch):
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  with pytest.raises(InputError, match="is a file, not a folder"):
+    ResultWriter(blocker / "sub" / "c.tsv", COLUMNS)
+  assert results.check_output_path(tmp_path / "new" / "c.tsv") == str(tmp_path / "new" / "c.tsv")
+  existing = tmp_path / "ro.tsv"
+  existing.write_text("\t".join(COLUMNS) + "\n")
+  if os.geteuid() == 0:
+    # root writes read-only files anyway: make access() answer as for a user.
+    monkeypatch.setattr(os, "access", lambda p, mode: False)
+  else:
+    existing.chmod(0o444)
+  with pytest.raises(InputError, match="is read-only"):
+    ResultWriter(existing, COLUMNS)
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "{corrupt", "\x00\x01"])
+def test_damaged_settings_file_says_to_delete_both_files(tmp_path, content):
+  path = tmp_path / "c.tsv"
+  write_all(path, [make_row(0)])
+  with open(settings_path(path), "w") as f:
+    f.write(content)
+  with pytest.raises(InputError) as e:
+    ResultWriter(path, COLUMNS, settings=SETTINGS)
+  message = str(e.value)
+  assert f"delete both it and {path}" in message and "\n" not in message
+  # The advice works: with both files gone the run starts afresh.
+  os.remove(path)
+  os.remove(settings_path(path))
+  assert write_all(path, [make_row(0)]) == {0}
+
+
+def test_settings_never_hold_nan(tmp_path):
+  path = tmp_path / "c.tsv"
+  with pytest.raises(ValueError, match="NaN"):
+    ResultWriter(path, COLUMNS, settings=dict(SETTINGS, sigma=float("nan")))
+  assert not path.exists() and not os.path.exists(settings_path(path))
+
+
+def test_settings_mismatch_hint(tmp_path):
+  path = tmp_path / "c.tsv"
+  write_all(path, [make_row(0)])
+  hint = "the checkpoint holds other parameters (retrained?)"
+  with pytest.raises(InputError, match=r"retrained\?\); rerun with the same settings"):
+    ResultWriter(path, COLUMNS, settings=dict(SETTINGS, seed=1), hints={"seed": hint})
+
+
+class _FullDisk:
+  """Stands in for the open file: takes part of a line, then fails like a full disk."""
+
+  def __init__(self, file):
+    self._file = file
+
+  def write(self, text):
+    self._file.write(text[:5])
+    self._file.flush()
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  def __getattr__(self, name):
+    return getattr(self._file, name)
+
+
+def test_disk_full_is_one_line_and_rerunning_resumes(tmp_path):
+  path = tmp_path / "c.tsv"
+  rows = [make_row(i) for i in range(4)]
+  reference = tmp_path / "reference.tsv"
+  write_all(reference, rows)
+  with ResultWriter(path, COLUMNS, settings=SETTINGS) as w:
+    w.write(rows[0])
+    w._file = _FullDisk(w._file)
+    with pytest.raises(InputError) as e:
+      w.write(rows[1])
+    with pytest.raises(ValueError, match="closed"):
+      w.write(rows[2])  # Nothing is appended after a half-written row.
+  message = str(e.value)
+  assert message.startswith(f"the disk is full writing {path}") and "resumes" in message
+  assert not path.read_text().endswith("\n")  # Part of row 1 reached the file.
+  assert write_all(path, rows) == {0, 1, 2, 3}
+  assert path.read_bytes() == reference.read_bytes()
+
+
+def test_input_hashes_and_fingerprint():
+  rng = np.random.default_rng(0)
+  images = rng.random((3, 4, 4, 1), dtype=np.float32)
+  labels = np.array([1, 2, 3])
+  hashes = results.input_hashes(images, labels)
+  assert len(set(hashes)) == 3 and all(len(h) == 16 for h in hashes)
+  assert results.input_hashes(images.copy(), labels.copy()) == hashes
+  changed = images.copy()
+  changed[1, 0, 0, 0] += 1e-6
+  changed_hashes = results.input_hashes(changed, labels)
+  assert changed_hashes[0] == hashes[0] and changed_hashes[1] != hashes[1]
+  assert results.input_hashes(images, [1, 0, 3])[1] != hashes[1]
+  tree = {"a": np.arange(3.0), "b": {"c": np.ones((2, 2), np.float32)}}
+  same = {"b": {"c": np.ones((2, 2), np.float32)}, "a": np.arange(3.0)}
+  assert results.fingerprint(tree) == results.fingerprint(same)
+  assert results.fingerprint(tree).startswith("sha256:")
+  other = {"a": np.arange(3.0), "b": {"c": np.full((2, 2), 1.0 + 2**-20, np.float32)}}
+  assert results.fingerprint(other) != results.fingerprint(tree)
+  assert results.fingerprint({"a": np.arange(3.0)}) != results.fingerprint(tree)
