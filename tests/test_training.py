@@ -6,13 +6,14 @@ import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from conftest import run_with_devices
 from flax import nnx
 
 from configs import default
-from smoothjax import checkpointing, training
+from smoothjax import checkpointing, locks, modes, training
 from smoothjax.errors import InputError
 
 
@@ -92,15 +93,20 @@ def test_restore_missing_workdir_is_clear(tmp_path):
     checkpointing.restore_model(str(tmp_path / "nothing"))
 
 
-def test_gaussian_mode_adds_noise_of_the_right_scale():
+def test_gaussian_mode_trains_on_noise_of_the_right_scale():
   config = tiny_config(noise_sd=0.5)
   images = np.full((4, 28, 28, 1), 0.5, np.float32)
-  out = training.MODES["gaussian"](None, jax.random.key(0), images, None, config)
-  noise = np.asarray(out) - images
+  seen = []
+
+  def model(x):
+    seen.append(x)
+    return jax.numpy.zeros((x.shape[0], 10))
+
+  modes.build(config)(model, jax.random.key(0), images, np.zeros(4, np.int32), 0)
+  noise = np.asarray(seen[0]) - images
   assert abs(noise.std() - 0.5) < 0.02 and abs(noise.mean()) < 0.02
-  np.testing.assert_array_equal(
-    training.MODES["standard"](None, None, images, None, config), images
-  )
+  modes.build(tiny_config(mode="standard"))(model, None, images, np.zeros(4, np.int32), 0)
+  np.testing.assert_array_equal(seen[1], images)
 
 
 @pytest.mark.parametrize(
@@ -113,12 +119,37 @@ def test_gaussian_mode_adds_noise_of_the_right_scale():
     ("learning_rate", 0.0, "learning_rate"),
     ("optimizer", "lion", "unknown optimizer"),
     ("augment", "mixup", "unknown augment"),
+    ("learning_rate", float("inf"), "learning_rate"),
+    ("learning_rate", float("nan"), "learning_rate"),
+    ("momentum", float("nan"), "momentum"),
+    ("momentum", -0.5, "momentum"),
+    ("momentum", 1.0, "momentum"),
+    ("lr_decay", float("nan"), "lr_decay"),
+    ("lr_decay", 0.0, "lr_decay"),
+    ("lr_decay", -0.1, "lr_decay"),
+    ("lr_step_epochs", 0, "lr_step_epochs"),
+    ("warmup_epochs", -1, "warmup_epochs"),
+    ("weight_decay", float("inf"), "weight_decay"),
+    ("noise_sd", float("nan"), "noise_sd"),
+    ("noise_sd", "0.25", "noise_sd"),
+    ("num_epochs", 0, "num_epochs"),
+    ("num_epochs", 1.5, "num_epochs"),
+    ("eval_batch_size", 0, "eval_batch_size"),
+    ("keep_checkpoints", 0, "keep_checkpoints"),
+    ("checkpoint_every_epochs", 0, "checkpoint_every_epochs"),
+    ("checkpoint_every_steps", -1, "checkpoint_every_steps"),
+    ("seed", -1, "seed"),
+    ("schedule", "linear", "unknown schedule"),
+    ("batch_size", 4001, "larger than the 4000 training examples"),
+    ("noise_sd", 0.0, "trains under noise"),
   ],
 )
 def test_invalid_config_rejected_before_writing(tmp_path, field, value, message):
   workdir = tmp_path / "w"
+  # From a dict, as config.json is read: values of other types than the default's pass.
+  config = ml_collections.ConfigDict({**tiny_config().to_dict(), field: value})
   with pytest.raises(InputError, match=message):
-    training.train_and_evaluate(tiny_config(**{field: value}), str(workdir))
+    training.train_and_evaluate(config, str(workdir))
   assert not workdir.exists()
 
 
@@ -273,3 +304,81 @@ def test_resuming_with_another_model_is_refused(two_epoch_run):
   with pytest.raises(InputError, match="model='cnn_tiny'"):
     training.train_and_evaluate(tiny_config(num_epochs=3, model="cnn"), workdir)
   assert checkpointing.Checkpointer(workdir, create=False).latest_step() == 2 * 40
+
+
+def test_resuming_with_another_batch_size_is_refused(two_epoch_run):
+  workdir, _ = two_epoch_run
+  with pytest.raises(InputError, match="batch_size it was trained with"):
+    training.train_and_evaluate(tiny_config(num_epochs=3, batch_size=50), workdir)
+  assert checkpointing.Checkpointer(workdir, create=False).latest_step() == 2 * 40
+
+
+def test_fewer_epochs_than_trained_says_so_and_changes_nothing(two_epoch_run, capsys):
+  workdir, _ = two_epoch_run
+  with open(os.path.join(workdir, "config.json")) as f:
+    config_before = f.read()
+  last = training.train_and_evaluate(tiny_config(num_epochs=1), workdir)
+  assert "already trained 2 epochs" in capsys.readouterr().out
+  assert last["epoch"] == 2
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert f.read() == config_before
+
+
+def test_diverging_run_stops_before_saving_broken_weights(tmp_path):
+  workdir = str(tmp_path / "nan")
+  with pytest.raises(InputError, match="diverged"):
+    training.train_and_evaluate(tiny_config(learning_rate=1e30), workdir)
+  ckpt = checkpointing.Checkpointer(workdir, create=False)
+  assert ckpt.latest_step() is None  # nothing saved
+  ckpt.close()
+
+
+def test_second_training_process_on_a_workdir_is_refused(tmp_path):
+  workdir = str(tmp_path / "busy")
+  os.makedirs(workdir)
+  with locks.exclusive(os.path.join(workdir, "train.lock"), f"workdir {workdir}"):
+    with pytest.raises(InputError, match="in use"):
+      training.train_and_evaluate(tiny_config(), workdir)
+
+
+def test_workdir_that_is_a_file_is_refused(tmp_path):
+  path = tmp_path / "file"
+  path.write_text("x")
+  with pytest.raises(InputError, match="is a file"):
+    training.train_and_evaluate(tiny_config(), str(path))
+
+
+def test_resumed_epoch_logs_the_whole_epoch(two_epoch_run, tmp_path, monkeypatch):
+  """Killed mid-epoch and resumed, the epoch's train metrics equal the uninterrupted run's."""
+  workdir, _ = two_epoch_run
+  resumed = str(tmp_path / "partial")
+  kill_once_at(monkeypatch, at_epoch=1, at_batch=5)
+  config = tiny_config(num_epochs=2, checkpoint_every_steps=3)
+  with pytest.raises(Killed):
+    training.train_and_evaluate(config, resumed)
+  training.train_and_evaluate(config, resumed)
+
+  def rows(path):
+    with open(os.path.join(path, "metrics.jsonl")) as f:
+      return [json.loads(line) for line in f]
+
+  want, got = rows(workdir), rows(resumed)
+  assert got[1]["resumed_at_step"] == 45
+  for key in ("train_loss", "train_accuracy", "test_accuracy", "test_accuracy_noisy"):
+    assert got[1][key] == pytest.approx(want[1][key], rel=1e-5, abs=1e-6), key
+
+
+def test_torn_metrics_line_does_not_block_resume(tmp_path):
+  workdir = str(tmp_path / "torn")
+  training.train_and_evaluate(tiny_config(num_epochs=1), workdir)
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write('{"epoch": 2, "train_lo')  # killed while writing
+  last = training.train_and_evaluate(tiny_config(num_epochs=2), workdir)
+  assert last["epoch"] == 2
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    assert [json.loads(line)["epoch"] for line in f] == [1, 2]
+
+
+def test_metrics_lines_are_strict_json():
+  line = training._json_line({"epoch": 1, "loss": float("nan"), "x": float("inf")})
+  assert json.loads(line) == {"epoch": 1, "loss": None, "x": None}

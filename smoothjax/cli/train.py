@@ -6,6 +6,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import re
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -13,8 +18,56 @@ from smoothjax import parallel, training
 from smoothjax.cli.common import run_main
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, config and metrics.")
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.")
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Training configuration file.", lock_config=True
+)
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _fail(message: str):
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def _config_path(argv: list[str]) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _check_config_file(path: str) -> None:
+  """One-line errors for a config file that is missing, broken or lacks get_config()."""
+  path = path.split(":", 1)[0]  # ml_collections passes "FILE:ARG" to get_config(ARG)
+  if not os.path.isfile(path):
+    _fail(f"config file {path} does not exist; pass e.g. --config=configs/default.py")
+  spec = importlib.util.spec_from_file_location("_smoothjax_user_config", path)
+  try:
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  except Exception as e:  # The user's file: any error in it is theirs to fix.
+    _fail(f"config file {path} does not load ({type(e).__name__}: {e}); fix the file")
+  if not callable(getattr(module, "get_config", None)):
+    _fail(f"config file {path} has no get_config() function; see configs/default.py")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with one-line errors for config files and overrides."""
+  path = _config_path(argv)
+  if path:
+    _check_config_file(path)
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(f"{e}; see --helpfull")
+  except AttributeError as e:
+    # ml_collections refuses an override of a field the (locked) config lacks.
+    name = re.sub(r"^[\"']+|[\"']+$", "", str(e))
+    _fail(f"the config has no field {name!r}; check the spelling (fields: configs/default.py)")
+  except (ValueError, TypeError, KeyError, OSError) as e:
+    _fail(f"bad --config override: {str(e).splitlines()[0]}")
 
 
 def main(argv):
@@ -25,7 +78,7 @@ def main(argv):
 
 
 def run():
-  app.run(run_main(main))
+  app.run(run_main(main), flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
