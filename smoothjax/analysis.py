@@ -13,13 +13,14 @@ runs, a mapping from run name to a ``Results`` or to the path of a result file).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from smoothjax.errors import InputError
-from smoothjax.results import ABSTAIN, Results, read_results
+from smoothjax.results import ABSTAIN, Results, check_output_path, read_results
 
 __all__ = [
   "Results",
@@ -29,6 +30,7 @@ __all__ = [
   "clean_accuracy",
   "default_radii",
   "plot_certified_accuracy",
+  "radius_step",
   "read_results",
   "summary",
   "table",
@@ -36,6 +38,11 @@ __all__ = [
 
 RunLike = Results | str | os.PathLike
 _FORMATS = ("markdown", "latex", "tsv")
+# More radii than this make a table nobody can read (and a radius of 1e5 at step 0.25 would
+# make 400,001 columns): the grid functions refuse, radius_step picks a coarser step.
+MAX_RADII = 1000
+# Steps of readable tables, as Cohen et al.'s 0.25 and its coarser multiples.
+_NICE_STEPS = (0.25, 0.5, 1.0, 2.0, 2.5, 5.0)
 
 
 def _as_results(run: RunLike) -> Results:
@@ -129,12 +136,36 @@ def clean_accuracy(results: Results) -> float:
   return float(np.mean(np.asarray(_nonempty(results).correct) == 1))
 
 
+def radius_step(max_radius: float, max_columns: int = 17) -> float:
+  """The finest step of 0.25, 0.5, 1, 2, 2.5, 5, 10, 20, ... giving at most ``max_columns`` radii.
+
+  Cohen et al.'s tables step by 0.25 up to 4 (17 radii); larger radii get a
+  coarser step, so a table stays readable whatever the largest radius.
+
+  Args:
+    max_radius: the largest radius of the table, finite and >= 0.
+    max_columns: the most radii wanted (0 included), at least 2.
+
+  Returns:
+    The step.
+  """
+  if not (np.isfinite(max_radius) and max_radius >= 0):
+    raise InputError(f"max_radius must be a finite number >= 0, got {max_radius}")
+  scale = 1.0
+  while True:
+    for step in _NICE_STEPS:
+      if np.floor(max_radius / (step * scale) + 1e-9) + 1 <= max(max_columns, 2):
+        return step * scale
+    scale *= 10.0
+
+
 def default_radii(max_radius: float, step: float = 0.25) -> np.ndarray:
   """Radii 0, step, 2 step, ... up to ``max_radius`` (included), as in Cohen et al.'s tables.
 
   Args:
     max_radius: the largest radius, at least 0.
-    step: the spacing, positive.
+    step: the spacing, positive; at most :data:`MAX_RADII` radii result (see
+      :func:`radius_step` for a step that keeps a table short).
 
   Returns:
     Float array of radii.
@@ -144,6 +175,11 @@ def default_radii(max_radius: float, step: float = 0.25) -> np.ndarray:
   if not (np.isfinite(step) and step > 0):
     raise InputError(f"radius step must be a positive number, got {step}")
   count = int(np.floor(max_radius / step + 1e-9)) + 1
+  if count > MAX_RADII:
+    raise InputError(
+      f"radii up to {max_radius:g} in steps of {step:g} make {count} columns, more than "
+      f"{MAX_RADII}; use a larger step (e.g. {radius_step(max_radius):g}) or a smaller max_radius"
+    )
   # Multiplying (not accumulating) keeps 0.25 * k exact and the last radius <= max.
   return np.round(np.arange(count) * step, 12)
 
@@ -214,6 +250,8 @@ def table(
   if fmt not in _FORMATS:
     raise InputError(f"unknown table format {fmt!r}; choose one of {list(_FORMATS)}")
   radii = np.atleast_1d(np.asarray(radii, dtype=np.float64))
+  if radii.size > MAX_RADII:
+    raise InputError(f"{radii.size} radii make an unreadable table; pass at most {MAX_RADII}")
   header = ["run"] + [f"r = {r:.2f}" for r in radii] + ["ACR", "abstain"]
   body = []
   for name, run in runs.items():
@@ -261,6 +299,9 @@ def plot_certified_accuracy(
   Args:
     runs: run name -> results or path of a result file.
     path: the PNG file to write; missing parent folders are created.
+
+  Raises:
+    InputError: no runs, a bad ``max_radius``, or ``path`` cannot be written.
     max_radius: right end of the x axis; default a little past the largest
       certified radius.
     title: optional figure title.
@@ -300,7 +341,16 @@ def plot_certified_accuracy(
   if title:
     ax.set_title(title)
   fig.tight_layout()
-  parent = os.path.dirname(os.fspath(path))
-  if parent:
-    os.makedirs(parent, exist_ok=True)
-  fig.savefig(os.fspath(path), format="png")
+  path = check_output_path(path, "plot")
+  try:
+    parent = os.path.dirname(path)
+    if parent:
+      os.makedirs(parent, exist_ok=True)
+    # Written beside and renamed, so a failed write leaves no half image.
+    tmp = path + ".tmp"
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+  except OSError as e:
+    with contextlib.suppress(OSError):
+      os.remove(path + ".tmp")
+    raise InputError(f"cannot write the plot {path}: {e.strerror}; choose another path") from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -142,3 +144,29 @@ def test_plot_writes_png(tmp_path):
   assert image.shape[:2] == (150, 200)
   # Not blank: the curves and labels draw non-white pixels.
   assert (image[..., :3] < 0.5).any()
+
+
+def test_radius_grid_is_bounded():
+  # A radius of 1e5 at Cohen's step of 0.25 would make a 400,001-column table.
+  with pytest.raises(InputError, match="more than 1000"):
+    analysis.default_radii(1e5)
+  for max_radius in [0.0, 1.0, 4.0, 7.3, 1e5, 1e12]:
+    step = analysis.radius_step(max_radius)
+    radii = analysis.default_radii(max_radius, step)
+    assert 1 <= len(radii) <= 17 and radii[-1] <= max_radius
+    assert radii[-1] + step > max_radius  # The grid reaches max_radius.
+  assert analysis.radius_step(4.0) == 0.25  # Cohen et al.'s tables.
+  with pytest.raises(InputError, match="unreadable"):
+    analysis.table({"a": HAND}, np.linspace(0, 1, 1001))
+
+
+def test_plot_into_a_directory_or_under_a_file_is_input_error(tmp_path):
+  folder = tmp_path / "folder"
+  folder.mkdir()
+  with pytest.raises(InputError, match="is a directory"):
+    analysis.plot_certified_accuracy({"a": HAND}, folder, dpi=20)
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  with pytest.raises(InputError, match="is a file, not a folder"):
+    analysis.plot_certified_accuracy({"a": HAND}, blocker / "p.png", dpi=20)
+  assert sorted(os.listdir(tmp_path)) == ["file", "folder"] and not os.listdir(folder)
