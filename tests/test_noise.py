@@ -24,16 +24,64 @@ def test_gaussian_sample_shape_dtype_and_moments():
   assert abs(eps.std() / SIGMA - 1) < 4 / np.sqrt(2 * eps.size)
 
 
+def _ks_pvalue(samples, scale):
+  # A frozen distribution's cdf: SciPy 1.18 refuses kstest(x, "norm", args=...).
+  return scipy.stats.kstest(samples, scipy.stats.norm(0, scale).cdf).pvalue
+
+
 def test_gaussian_sample_passes_ks_test_and_wrong_scales_fail():
   eps = np.asarray(noise_lib.Gaussian(SIGMA).sample(jax.random.key(1), (20_000,)), np.float64)
-  assert scipy.stats.kstest(eps, "norm", args=(0, SIGMA)).pvalue > 1e-3
+  assert _ks_pvalue(eps, SIGMA) > 1e-3
   for wrong in (2 / 3 * SIGMA, 3 / 2 * SIGMA):
-    assert scipy.stats.kstest(eps, "norm", args=(0, wrong)).pvalue < 1e-6
+    assert _ks_pvalue(eps, wrong) < 1e-6
 
 
 def test_gaussian_sample_respects_dtype():
   eps = noise_lib.Gaussian(SIGMA).sample(jax.random.key(2), (4, 3), jnp.bfloat16)
   assert eps.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_narrow_dtype_samples_are_rounded_float32_samples(dtype):
+  # jax.random.normal drawn directly in bfloat16 (float16) takes 128 (about 2,000)
+  # values and never exceeds 2.9 (3.5): no Gaussian tail. Drawing in float32 and
+  # rounding keeps it: 10^5 draws exceed 3.6 standard deviations about 30 times.
+  g = noise_lib.Gaussian(1.0)
+  eps = g.sample(jax.random.key(4), (100_000,), dtype)
+  wide = g.sample(jax.random.key(4), (100_000,), jnp.float32)
+  np.testing.assert_array_equal(eps, wide.astype(dtype))
+  eps = np.asarray(eps, np.float64)
+  assert np.abs(eps).max() > 3.6 and len(np.unique(eps)) > 1_000
+  assert _ks_pvalue(eps, 1.0) > 1e-3
+
+
+def test_scale_bounds_keep_samples_finite_and_nonzero():
+  big = noise_lib.Gaussian(noise_lib.MAX_SCALE)
+  for seed, dtype in enumerate((jnp.float32, jnp.bfloat16)):
+    eps = big.sample(jax.random.key(seed), (100_000,), dtype)
+    assert np.all(np.isfinite(np.asarray(eps, np.float32)))
+  # XLA flushes subnormals to zero on CPU: at the lower bound almost no sample is 0.
+  tiny = np.asarray(noise_lib.Gaussian(noise_lib.MIN_SCALE).sample(jax.random.key(5), (100_000,)))
+  assert np.count_nonzero(tiny == 0) <= 2
+  assert noise_lib.max_scale(jnp.bfloat16) == noise_lib.MAX_SCALE < noise_lib.max_scale(jnp.float32)
+  assert noise_lib.max_scale(jnp.float16) == 65504 / 1024
+
+
+@pytest.mark.parametrize("sigma", [1e39, 3.4e38, 1e36, 1e-38, 1e-40, 1e-32])
+def test_scales_whose_samples_overflow_or_vanish_are_refused(sigma):
+  with pytest.raises(InputError, match=r"sigma=.*outside \[1\.97e-31, 3\.31e\+35\]") as error:
+    noise_lib.Gaussian(sigma)
+  assert "\n" not in str(error.value)
+
+
+def test_sample_refuses_a_scale_too_large_for_the_requested_dtype():
+  g = noise_lib.Gaussian(100.0)
+  with pytest.raises(InputError, match="float16.*<= 64"):
+    g.sample(jax.random.key(6), (3,), jnp.float16)
+  with pytest.raises(InputError, match="floating dtype"):
+    g.sample(jax.random.key(7), (3,), jnp.int32)
+  eps = noise_lib.Gaussian(60.0).sample(jax.random.key(8), (10_000,), jnp.float16)
+  assert np.all(np.isfinite(np.asarray(eps, np.float32)))
 
 
 def test_same_key_same_sample_and_different_keys_differ():
