@@ -39,14 +39,25 @@ as the forward pass gives the same logits for an input whatever the batch it is
 in (true of the usual models; a backend that picks a different algorithm per
 batch shape can, in a near-tie, flip a vote).
 
-``logits_fn(x_batch) -> logits`` maps a float32 ``(N, H, W, C)`` batch with
-values around [0, 1] (noise is added in pixel space and not clipped) to ``(N,
-K)`` logits. A plain function is a static argument of ``jax.jit``: pass the
-same function object every time to reuse the compiled computation, and note
-that arrays it closes over are compiled in as constants. A callable pytree (a
-``jax.tree_util.Partial(apply_fn, params)`` or a Flax NNX module in eval mode)
-is passed as an argument instead: its arrays are not baked into the program
-and new parameter values of the same shapes do not recompile.
+Inputs can have any shape ``S``: an image ``(H, W, C)``, a feature vector ``(D,)``, an
+audio clip or a sequence of token embeddings. ``logits_fn(x_batch) -> logits`` maps a
+float32 batch ``(N, *S)`` of noisy inputs (noise is added as is, never clipped) to
+``(N, K)`` logits; the models of :mod:`smoothjax.models` take ``(N, H, W, C)`` images
+in [0, 1]. A plain function is a static argument of ``jax.jit``: pass the same function
+object every time to reuse the compiled computation, and note that arrays it closes
+over are compiled in as constants. A callable pytree (a ``jax.tree_util.Partial(apply_fn,
+params)`` or a Flax NNX module in eval mode) is passed as an argument instead: its
+arrays are not baked into the program and new parameter values of the same shapes do
+not recompile.
+
+``value_range`` (default ``(0, 1)``, the range of images in this library) is checked on
+the clean inputs, so that images in [0, 255] or normalised images are refused before
+noise of the wrong scale is added to them; pass the data's own range, or ``None``, for
+other data (tabular features, audio, embeddings). Inputs must be finite either way.
+
+A non-finite logit is an error, never a vote: NaN logits would all vote for class 0
+(``argmax``), so a broken model would "certify" class 0. The device loop counts them in
+an extra bin and the call raises InputError naming the inputs concerned.
 
 Example::
 
@@ -60,6 +71,8 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -77,9 +90,13 @@ ABSTAIN = -1
 # Phase tags folded into the caller's key (see the module docstring).
 _SELECTION, _ESTIMATION, _PREDICTION = 0, 1, 2
 
-# Slack for pixel values that left [0, 1] through float rounding.
+# Slack (relative to the width of value_range) for values that left it through rounding.
 _RANGE_SLACK = 1e-6
 _INT32_MAX = 2**31 - 1
+# Inputs up to this magnitude stay finite once noise (below float32 max / 120, see
+# noise.MAX_SCALE) is added.
+_MAX_INPUT = float(np.finfo(np.float32).max) / 2
+IMAGE_RANGE = (0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -140,9 +157,11 @@ def _count_votes(fn_static, fn_dynamic, xs, keys, *, noise, nums, batch_size, nu
   fn = fn_dynamic if fn_static is None else fn_static
   num_phases, num_inputs = keys.shape
   flat_keys = keys.reshape(-1)
-  image_shape = xs.shape[1:]
+  input_shape = xs.shape[1:]
   # Checked while tracing, so a cached computation costs nothing per call.
-  num_classes = _num_classes(fn, image_shape, num_classes)
+  num_classes = _num_classes(fn, input_shape, num_classes)
+  # Bin `num_classes` counts the samples whose logits were not all finite.
+  bins = num_classes + 1
   ends = np.cumsum([num_inputs * n for n in nums])
   starts = np.concatenate([[0], ends[:-1]])
   total = int(ends[-1])
@@ -153,7 +172,7 @@ def _count_votes(fn_static, fn_dynamic, xs, keys, *, noise, nums, batch_size, nu
     return a if chunk_sharding is None else jax.lax.with_sharding_constraint(a, chunk_sharding)
 
   def draw(key, s):
-    return noise.sample(jax.random.fold_in(key, s), image_shape, jnp.float32)
+    return noise.sample(jax.random.fold_in(key, s), input_shape, jnp.float32)
 
   def body(chunk, counts):
     t = constrain(chunk * batch_size + jnp.arange(batch_size, dtype=jnp.int32))
@@ -165,14 +184,15 @@ def _count_votes(fn_static, fn_dynamic, xs, keys, *, noise, nums, batch_size, nu
     s = local // num_inputs
     eps = jax.vmap(draw)(flat_keys[phase * num_inputs + b], s)
     logits = fn(constrain(xs[b] + eps))
-    votes = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    finite = jnp.all(jnp.isfinite(logits), axis=-1)
+    votes = jnp.where(finite, jnp.argmax(logits, axis=-1), num_classes).astype(jnp.int32)
     # The padding triples past `total` fall in range but add 0.
-    slot = (phase * num_inputs + b) * num_classes + votes
+    slot = (phase * num_inputs + b) * bins + votes
     return counts.at[slot].add((t < total).astype(jnp.int32))
 
-  counts = jnp.zeros(num_phases * num_inputs * num_classes, jnp.int32)
+  counts = jnp.zeros(num_phases * num_inputs * bins, jnp.int32)
   counts = jax.lax.fori_loop(0, num_chunks, body, counts)
-  counts = counts.reshape(num_phases, num_inputs, num_classes)
+  counts = counts.reshape(num_phases, num_inputs, bins)
   if mesh is not None:
     counts = jax.lax.with_sharding_constraint(counts, NamedSharding(mesh, P()))
   return counts
@@ -193,24 +213,52 @@ def _range_stats(x):
 # Host side: validation, dispatch, statistics.
 
 
-def _check_images(x, rank: int, what: str):
-  """Checks a float image array of ``rank`` with values in [0, 1]; returns it."""
+def _check_value_range(value_range):
+  """None, or ``(low, high)`` finite numbers with ``low < high``, as floats."""
+  if value_range is None:
+    return None
+  pair = tuple(value_range) if isinstance(value_range, tuple | list) else ()
+  numeric = len(pair) == 2 and all(
+    isinstance(v, numbers.Real) and not isinstance(v, bool) for v in pair
+  )
+  lo, hi = (float(v) for v in pair) if numeric else (math.nan, math.nan)
+  if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+    raise InputError(
+      f"value_range must be None or (low, high) with finite low < high, got {value_range!r}; "
+      "e.g. value_range=(0, 1) for images"
+    )
+  return lo, hi
+
+
+def _check_inputs(x, *, batched: bool, what: str, value_range):
+  """Checks a non-empty finite float array (a batch if ``batched``); returns it."""
   if not (hasattr(x, "shape") and hasattr(x, "dtype")):
     x = np.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise InputError(f"{what} must be a float array with values in [0, 1], got dtype {x.dtype}")
-  if x.ndim != rank or x.size == 0:
-    layout = "HWC" if rank == 3 else "NHWC"
-    raise InputError(f"{what} must be a non-empty {layout} array, got shape {tuple(x.shape)}")
+    raise InputError(f"{what} must be a float array, got dtype {x.dtype}")
+  if x.size == 0 or (batched and x.ndim == 0):
+    layout = "batch (B, ...) of inputs" if batched else "array"
+    raise InputError(f"{what} must be a non-empty {layout}, got shape {tuple(x.shape)}")
+  value_range = _check_value_range(value_range)
   if isinstance(x, jax.Array):
     finite, lo, hi = jax.device_get(_range_stats(x))
   else:
     finite, lo, hi = np.all(np.isfinite(x)), np.min(x), np.max(x)
+  lo, hi = float(lo), float(hi)
   if not finite:
     raise InputError(f"{what} contains NaN or infinite values; clean the input")
-  if lo < -_RANGE_SLACK or hi > 1 + _RANGE_SLACK:
+  if value_range is not None:
+    low, high = value_range
+    slack = _RANGE_SLACK * (high - low)
+    if lo < low - slack or hi > high + slack:
+      raise InputError(
+        f"{what} values span [{lo:.4g}, {hi:.4g}], outside value_range=({low:g}, {high:g}); "
+        "scale images to [0, 1], or pass value_range=(low, high) or None for other data"
+      )
+  if max(-lo, hi) > _MAX_INPUT:
     raise InputError(
-      f"{what} values span [{float(lo):.4g}, {float(hi):.4g}]; scale pixels to [0, 1]"
+      f"{what} values reach {max(-lo, hi):.3g}, beyond {_MAX_INPUT:.3g} where adding noise "
+      "overflows float32; rescale the inputs"
     )
   return x
 
@@ -233,13 +281,17 @@ def _split_fn(logits_fn):
   return None, logits_fn
 
 
-def _num_classes(logits_fn, image_shape, num_classes) -> int:
-  """The number of vote bins: ``num_classes``, or by default the logits width."""
-  probe = jax.ShapeDtypeStruct((2, *image_shape), jnp.float32)
+def _num_classes(logits_fn, input_shape, num_classes) -> int:
+  """The number of classes: ``num_classes``, or by default the logits width."""
+  probe = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
   out = jax.eval_shape(logits_fn, probe)
   if not hasattr(out, "shape") or out.ndim != 2 or out.shape[0] != 2 or out.shape[1] < 1:
     got = getattr(out, "shape", type(out).__name__)
-    raise InputError(f"logits_fn must map (N, H, W, C) inputs to (N, K) logits, got {got}")
+    batch = f"(N, {', '.join(map(str, input_shape))})" if input_shape else "(N,)"
+    raise InputError(
+      f"logits_fn must map a batch {batch} of inputs to (N, K) logits, got {got} for N = 2; "
+      "pass one input to certify/predict/sample_counts and a batch to the *_batch functions"
+    )
   width = int(out.shape[1])
   if num_classes is None:
     return width
@@ -251,8 +303,48 @@ def _num_classes(logits_fn, image_shape, num_classes) -> int:
   return num_classes
 
 
-def _votes(logits_fn, xs, phase_keys, *, noise, nums, batch_size, num_classes, mesh):
-  """Runs the jitted vote counting; returns host int64 counts ``(P, B, K)``."""
+def _check_size(num_inputs: int, nums, names, batch_size: int) -> None:
+  """Refuses calls whose sample indices would overflow the device loop's int32."""
+  per_input = sum(nums)
+  limit = _INT32_MAX - batch_size
+  if num_inputs * per_input <= limit:
+    return
+  counted = " + ".join(names)
+  if per_input > limit:
+    most = limit - sum(nums[:-1])
+    raise InputError(
+      f"{counted} = {per_input} samples per input overflow the int32 sample indices of "
+      f"one call; lower {names[-1]} to at most {most}"
+    )
+  raise InputError(
+    f"{num_inputs} inputs x {per_input} samples ({counted}) = {num_inputs * per_input} "
+    f"forward passes overflow the int32 sample indices of one call; pass at most "
+    f"{limit // per_input} inputs per call, or lower {names[-1]}"
+  )
+
+
+def _check_finite_logits(bad: np.ndarray, num_inputs: int) -> None:
+  """Raises if any sample of an input had non-finite logits (``bad``: counts ``(B,)``)."""
+  if not bad.any():
+    return
+  where = np.flatnonzero(bad)
+  if num_inputs == 1:
+    which = "the input"
+  else:
+    shown = ", ".join(map(str, where[:10])) + (", ..." if len(where) > 10 else "")
+    which = f"input(s) {shown} of this call's {num_inputs}"
+  raise InputError(
+    f"logits_fn returned NaN or infinite logits for {which} ({int(bad.sum())} noisy "
+    "samples); the model is broken (retrain it, or check its weights)"
+  )
+
+
+def _votes(logits_fn, xs, phase_keys, *, noise, nums, names, batch_size, num_classes, mesh):
+  """Runs the jitted vote counting; returns host int64 counts ``(P, B, K)``.
+
+  ``names`` are the settings giving ``nums`` (for error messages). Raises InputError if
+  any logits of a counted sample were not finite.
+  """
   if not isinstance(noise, Noise):
     raise InputError(f"noise must be a smoothjax.noise.Noise, got {type(noise).__name__}")
   batch_size = stats.check_count("batch_size", batch_size)
@@ -266,10 +358,7 @@ def _votes(logits_fn, xs, phase_keys, *, noise, nums, batch_size, num_classes, m
       raise InputError(f"mesh must be a jax Mesh with a {DATA_AXIS!r} axis (parallel.make_mesh)")
     shards = mesh.shape[DATA_AXIS]
     batch_size = -(-batch_size // shards) * shards
-  if total + batch_size > _INT32_MAX:
-    raise InputError(
-      f"{total} forward passes in one call overflow int32 indices; pass fewer inputs per call"
-    )
+  _check_size(xs.shape[0], nums, names, batch_size)
   fn_static, fn_dynamic = _split_fn(logits_fn)
   xs = jnp.asarray(xs, jnp.float32)
   if mesh is not None:
@@ -291,32 +380,41 @@ def _votes(logits_fn, xs, phase_keys, *, noise, nums, batch_size, num_classes, m
   if not counts.is_fully_addressable:
     # Replicated over several hosts: every host holds the full result.
     counts = counts.addressable_data(0)
-  return np.asarray(counts).astype(np.int64)
+  counts = np.asarray(counts).astype(np.int64)
+  _check_finite_logits(counts[..., -1].sum(axis=0), xs.shape[0])
+  return counts[..., :-1]
 
 
 def _fold(keys, tag: int):
   return jax.vmap(lambda k: jax.random.fold_in(k, tag))(keys)
 
 
-def sample_counts(logits_fn, x, key, *, noise, num, batch_size, num_classes=None) -> jax.Array:
+def sample_counts(
+  logits_fn, x, key, *, noise, num, batch_size, num_classes=None, value_range=IMAGE_RANGE
+) -> jax.Array:
   """Votes of the base classifier over ``num`` noisy copies of one input.
 
   The noise of sample ``s`` is ``noise.sample(fold_in(key, s), x.shape)``, so the
   counts do not depend on ``batch_size``.
 
   Args:
-    logits_fn: ``(N, H, W, C) -> (N, K)`` base classifier logits (see module doc).
-    x: one image, ``(H, W, C)`` floats in [0, 1].
+    logits_fn: ``(N, *S) -> (N, K)`` base classifier logits (see module doc).
+    x: one input of any shape ``S`` (an ``(H, W, C)`` image, a ``(D,)`` vector, ...).
     key: a typed PRNG key.
     noise: the noise distribution.
     num: number of noise samples.
     batch_size: forward passes per step of the device loop.
     num_classes: length of the result; default the logits width.
+    value_range: ``(low, high)`` that ``x`` must lie in (default [0, 1], images), or
+      None to accept any finite values.
 
   Returns:
     int32 array ``(num_classes,)`` of votes, summing to ``num``.
+
+  Raises:
+    InputError: on bad arguments, or if ``logits_fn`` returned a non-finite logit.
   """
-  x = _check_images(x, 3, "x")
+  x = _check_inputs(x, batched=False, what="x", value_range=value_range)
   key = _check_keys(key, (), "key")
   num = stats.check_count("num", num)
   counts = _votes(
@@ -325,6 +423,7 @@ def sample_counts(logits_fn, x, key, *, noise, num, batch_size, num_classes=None
     key.reshape(1, 1),
     noise=noise,
     nums=(num,),
+    names=("num",),
     batch_size=batch_size,
     num_classes=num_classes,
     mesh=None,
@@ -333,15 +432,24 @@ def sample_counts(logits_fn, x, key, *, noise, num, batch_size, num_classes=None
 
 
 def sample_counts_batch(
-  logits_fn, xs, keys, *, noise, num, batch_size, num_classes=None, mesh=None
+  logits_fn,
+  xs,
+  keys,
+  *,
+  noise,
+  num,
+  batch_size,
+  num_classes=None,
+  mesh=None,
+  value_range=IMAGE_RANGE,
 ) -> jax.Array:
   """Votes over ``num`` noisy copies of each of ``B`` inputs, one key per input.
 
   Row ``i`` equals ``sample_counts(logits_fn, xs[i], keys[i], ...)``.
 
   Args:
-    logits_fn: ``(N, H, W, C) -> (N, K)`` base classifier logits.
-    xs: images ``(B, H, W, C)``, floats in [0, 1].
+    logits_fn: ``(N, *S) -> (N, K)`` base classifier logits.
+    xs: inputs ``(B, *S)``, e.g. images ``(B, H, W, C)``.
     keys: typed PRNG keys ``(B,)``, e.g. ``fold_in(base_key, dataset_index)``.
     noise: the noise distribution.
     num: number of noise samples per input.
@@ -350,11 +458,15 @@ def sample_counts_batch(
     num_classes: number of columns; default the logits width.
     mesh: optional mesh (:func:`smoothjax.parallel.make_mesh`) whose ``data``
       axis shares out the noise samples.
+    value_range: ``(low, high)`` that ``xs`` must lie in (default [0, 1]), or None.
 
   Returns:
     int32 array ``(B, num_classes)``.
+
+  Raises:
+    InputError: on bad arguments, or if ``logits_fn`` returned a non-finite logit.
   """
-  xs = _check_images(xs, 4, "xs")
+  xs = _check_inputs(xs, batched=True, what="xs", value_range=value_range)
   keys = _check_keys(keys, (xs.shape[0],), "keys")
   num = stats.check_count("num", num)
   counts = _votes(
@@ -363,6 +475,7 @@ def sample_counts_batch(
     keys[None],
     noise=noise,
     nums=(num,),
+    names=("num",),
     batch_size=batch_size,
     num_classes=num_classes,
     mesh=mesh,
@@ -370,7 +483,9 @@ def sample_counts_batch(
   return jnp.asarray(counts[0], jnp.int32)
 
 
-def certify_batch(logits_fn, xs, keys, *, noise, n0, n, alpha, batch_size, mesh=None):
+def certify_batch(
+  logits_fn, xs, keys, *, noise, n0, n, alpha, batch_size, mesh=None, value_range=IMAGE_RANGE
+):
   """CERTIFY (Cohen et al. 2019, Algorithm 1) for a batch of inputs.
 
   Selection and estimation votes of all inputs are counted in one device loop,
@@ -378,8 +493,8 @@ def certify_batch(logits_fn, xs, keys, *, noise, n0, n, alpha, batch_size, mesh=
   (``n`` fresh samples). Entry ``i`` equals ``certify(..., xs[i], keys[i], ...)``.
 
   Args:
-    logits_fn: ``(N, H, W, C) -> (N, K)`` base classifier logits.
-    xs: images ``(B, H, W, C)``, floats in [0, 1].
+    logits_fn: ``(N, *S) -> (N, K)`` base classifier logits.
+    xs: inputs ``(B, *S)``, e.g. images ``(B, H, W, C)``.
     keys: typed PRNG keys ``(B,)``, one per input.
     noise: the noise distribution.
     n0: selection samples per input.
@@ -387,11 +502,15 @@ def certify_batch(logits_fn, xs, keys, *, noise, n0, n, alpha, batch_size, mesh=
     alpha: failure probability of each certificate, in (0, 1).
     batch_size: forward passes per device-loop step over all inputs together.
     mesh: optional mesh whose ``data`` axis shares out the noise samples.
+    value_range: ``(low, high)`` that ``xs`` must lie in (default [0, 1]), or None.
 
   Returns:
     A list of ``B`` :class:`Certificate`.
+
+  Raises:
+    InputError: on bad arguments, or if ``logits_fn`` returned a non-finite logit.
   """
-  xs = _check_images(xs, 4, "xs")
+  xs = _check_inputs(xs, batched=True, what="xs", value_range=value_range)
   keys = _check_keys(keys, (xs.shape[0],), "keys")
   return _certify(
     logits_fn, xs, keys, noise=noise, n0=n0, n=n, alpha=alpha, batch_size=batch_size, mesh=mesh
@@ -409,6 +528,7 @@ def _certify(logits_fn, xs, keys, *, noise, n0, n, alpha, batch_size, mesh):
     phase_keys,
     noise=noise,
     nums=(n0, n),
+    names=("n0", "n"),
     batch_size=batch_size,
     num_classes=None,
     mesh=mesh,
@@ -438,12 +558,14 @@ def _certify(logits_fn, xs, keys, *, noise, n0, n, alpha, batch_size, mesh):
   ]
 
 
-def certify(logits_fn, x, key, *, noise, n0, n, alpha, batch_size) -> Certificate:
+def certify(
+  logits_fn, x, key, *, noise, n0, n, alpha, batch_size, value_range=IMAGE_RANGE
+) -> Certificate:
   """CERTIFY (Cohen et al. 2019, Algorithm 1) for one input.
 
   Args:
-    logits_fn: ``(N, H, W, C) -> (N, K)`` base classifier logits.
-    x: one image ``(H, W, C)``, floats in [0, 1].
+    logits_fn: ``(N, *S) -> (N, K)`` base classifier logits.
+    x: one input of any shape ``S`` (an ``(H, W, C)`` image, a ``(D,)`` vector, ...).
     key: a typed PRNG key; selection uses ``fold_in(key, 0)``, estimation
       ``fold_in(key, 1)``.
     noise: the noise distribution.
@@ -451,11 +573,16 @@ def certify(logits_fn, x, key, *, noise, n0, n, alpha, batch_size) -> Certificat
     n: estimation samples.
     alpha: failure probability of the certificate, in (0, 1).
     batch_size: forward passes per device-loop step.
+    value_range: ``(low, high)`` that ``x`` must lie in (default [0, 1], images), or
+      None to accept any finite values (tabular data, audio, embeddings).
 
   Returns:
     A :class:`Certificate`.
+
+  Raises:
+    InputError: on bad arguments, or if ``logits_fn`` returned a non-finite logit.
   """
-  x = _check_images(x, 3, "x")
+  x = _check_inputs(x, batched=False, what="x", value_range=value_range)
   key = _check_keys(key, (), "key")
   return _certify(
     logits_fn,
@@ -470,25 +597,31 @@ def certify(logits_fn, x, key, *, noise, n0, n, alpha, batch_size) -> Certificat
   )[0]
 
 
-def predict_batch(logits_fn, xs, keys, *, noise, n, alpha, batch_size, mesh=None) -> np.ndarray:
+def predict_batch(
+  logits_fn, xs, keys, *, noise, n, alpha, batch_size, mesh=None, value_range=IMAGE_RANGE
+) -> np.ndarray:
   """PREDICT (Cohen et al. 2019, Algorithm 2) for a batch of inputs.
 
   Input ``i`` is counted with key ``fold_in(keys[i], 2)``.
 
   Args:
-    logits_fn: ``(N, H, W, C) -> (N, K)`` base classifier logits.
-    xs: images ``(B, H, W, C)``, floats in [0, 1].
+    logits_fn: ``(N, *S) -> (N, K)`` base classifier logits.
+    xs: inputs ``(B, *S)``, e.g. images ``(B, H, W, C)``.
     keys: typed PRNG keys ``(B,)``, one per input.
     noise: the noise distribution.
     n: samples per input.
     alpha: probability of returning a class other than ``g(x)``, in (0, 1).
     batch_size: forward passes per device-loop step over all inputs together.
     mesh: optional mesh whose ``data`` axis shares out the noise samples.
+    value_range: ``(low, high)`` that ``xs`` must lie in (default [0, 1]), or None.
 
   Returns:
     int64 array ``(B,)`` of predicted classes, -1 where abstaining.
+
+  Raises:
+    InputError: on bad arguments, or if ``logits_fn`` returned a non-finite logit.
   """
-  xs = _check_images(xs, 4, "xs")
+  xs = _check_inputs(xs, batched=True, what="xs", value_range=value_range)
   keys = _check_keys(keys, (xs.shape[0],), "keys")
   return _predict(
     logits_fn, xs, keys, noise=noise, n=n, alpha=alpha, batch_size=batch_size, mesh=mesh
@@ -504,6 +637,7 @@ def _predict(logits_fn, xs, keys, *, noise, n, alpha, batch_size, mesh):
     _fold(keys, _PREDICTION)[None],
     noise=noise,
     nums=(n,),
+    names=("n",),
     batch_size=batch_size,
     num_classes=None,
     mesh=mesh,
@@ -517,22 +651,27 @@ def _predict(logits_fn, xs, keys, *, noise, n, alpha, batch_size, mesh):
   return np.where(pvalue <= alpha, top, ABSTAIN).astype(np.int64)
 
 
-def predict(logits_fn, x, key, *, noise, n, alpha, batch_size) -> int:
+def predict(logits_fn, x, key, *, noise, n, alpha, batch_size, value_range=IMAGE_RANGE) -> int:
   """PREDICT (Cohen et al. 2019, Algorithm 2) for one input.
 
   Args:
-    logits_fn: ``(N, H, W, C) -> (N, K)`` base classifier logits.
-    x: one image ``(H, W, C)``, floats in [0, 1].
+    logits_fn: ``(N, *S) -> (N, K)`` base classifier logits.
+    x: one input of any shape ``S`` (an ``(H, W, C)`` image, a ``(D,)`` vector, ...).
     key: a typed PRNG key; the samples use ``fold_in(key, 2)``.
     noise: the noise distribution.
     n: number of samples.
     alpha: probability of returning a class other than ``g(x)``, in (0, 1).
     batch_size: forward passes per device-loop step.
+    value_range: ``(low, high)`` that ``x`` must lie in (default [0, 1], images), or
+      None to accept any finite values.
 
   Returns:
     The predicted class, or -1 (:data:`ABSTAIN`).
+
+  Raises:
+    InputError: on bad arguments, or if ``logits_fn`` returned a non-finite logit.
   """
-  x = _check_images(x, 3, "x")
+  x = _check_inputs(x, batched=False, what="x", value_range=value_range)
   key = _check_keys(key, (), "key")
   return int(
     _predict(
@@ -550,6 +689,7 @@ def predict(logits_fn, x, key, *, noise, n, alpha, batch_size) -> int:
 
 __all__ = [
   "ABSTAIN",
+  "IMAGE_RANGE",
   "Certificate",
   "certify",
   "certify_batch",

@@ -481,8 +481,13 @@ def _nan_image():
     (dict(x=jnp.asarray(image(0.1)) + 1.5), r"\[0, 1\]"),
     (dict(x=image(0.1) + 2.0), r"\[0, 1\]"),
     (dict(x=image(0.1) - 1.0), r"\[0, 1\]"),
-    (dict(x=image(0.1)[None]), "HWC"),
-    (dict(x=image(0.1)[0]), "HWC"),
+    (dict(x=np.zeros((0, 3), np.float32)), "non-empty array"),
+    (dict(x=image(0.1) * 255), r"outside value_range=\(0, 1\)"),
+    (dict(value_range=(1, 0)), "value_range"),
+    (dict(value_range=(0, float("inf"))), "value_range"),
+    (dict(value_range="01"), "value_range"),
+    (dict(value_range=(0,)), "value_range"),
+    (dict(x=np.full(4, 3e38, np.float32), value_range=None), "overflows float32"),
     (dict(x=np.ones(SHAPE, np.int32)), "float"),
     (dict(key=np.zeros(2, np.uint32)), "jax.random.key"),
     (dict(key=keys_for(0, 2)), "shape"),
@@ -508,8 +513,10 @@ def test_slightly_out_of_range_pixels_are_accepted():
 
 def test_batched_functions_reject_bad_shapes():
   xs = np.stack([image(0.1)] * 3)
-  with pytest.raises(InputError, match="NHWC"):
-    smoothing.certify_batch(linear_logits, xs[0], keys_for(0, 3), **GOOD)
+  with pytest.raises(InputError, match="non-empty batch"):
+    smoothing.certify_batch(linear_logits, np.float32(0.5), keys_for(0, 3), **GOOD)
+  with pytest.raises(InputError, match=r"\(N, K\) logits.*\*_batch"):
+    smoothing.certify(linear_logits_nhwc, xs, jax.random.key(0), **GOOD)
   with pytest.raises(InputError, match=r"shape \(3,\)"):
     smoothing.certify_batch(linear_logits, xs, keys_for(0, 2), **GOOD)
   with pytest.raises(InputError, match="num must"):
@@ -534,3 +541,154 @@ def test_batched_functions_reject_bad_shapes():
     smoothing.sample_counts_batch(
       linear_logits, xs, keys_for(0, 3), noise=NOISE, num=5, batch_size=8, mesh="cpu"
     )
+
+
+def linear_logits_nhwc(x):
+  if x.ndim != 4:  # like a model that only takes image batches
+    return x
+  return linear_logits(x)
+
+
+# ----------------------------------------------------------------------------
+# Broken models: non-finite logits are an error, never votes (NaN argmax is class 0).
+
+
+def nan_logits(x):
+  return jnp.full((x.shape[0], 3), jnp.nan)
+
+
+def rare_nan_logits(x):
+  # NaN for about 1% of the noisy samples, read off the noise of one coordinate.
+  logits = linear_logits(x)
+  u = jax.scipy.special.ndtr((x[:, 0, 0, 0] - x[:, 1, 1, 0]) / (SIGMA * np.sqrt(2)))
+  return jnp.where((u < 0.01)[:, None], jnp.nan, logits)
+
+
+def inf_above_half(x):
+  # +inf logits for inputs far above 0.5 (clean value 1), finite ones for clean value 0.
+  logits = linear_logits(x)
+  return jnp.where((jnp.mean(x.reshape(x.shape[0], -1), axis=1) > 0.5)[:, None], jnp.inf, logits)
+
+
+@pytest.mark.parametrize("fn", [nan_logits, rare_nan_logits], ids=["all", "rare"])
+def test_non_finite_logits_are_refused_by_every_entry_point(fn):
+  x = image(0.3)
+  xs = np.stack([x, x])
+  key = jax.random.key(50)
+  calls = {
+    "certify": lambda: smoothing.certify(fn, x, key, **{**GOOD, "n0": 100, "n": 300}),
+    "predict": lambda: smoothing.predict(fn, x, key, noise=NOISE, n=400, alpha=0.01, batch_size=64),
+    "sample_counts": lambda: smoothing.sample_counts(
+      fn, x, key, noise=NOISE, num=400, batch_size=64
+    ),
+    "certify_batch": lambda: smoothing.certify_batch(
+      fn, xs, keys_for(1, 2), **{**GOOD, "n0": 100, "n": 300}
+    ),
+    "predict_batch": lambda: smoothing.predict_batch(
+      fn, xs, keys_for(2, 2), noise=NOISE, n=400, alpha=0.01, batch_size=64
+    ),
+    "sample_counts_batch": lambda: smoothing.sample_counts_batch(
+      fn, xs, keys_for(3, 2), noise=NOISE, num=400, batch_size=64
+    ),
+  }
+  for name, call in calls.items():
+    with pytest.raises(InputError, match="NaN or infinite logits.*model is broken") as error:
+      call()
+    assert "\n" not in str(error.value), name
+
+
+def test_non_finite_logits_error_names_the_inputs():
+  xs = np.stack([np.zeros(SHAPE, np.float32), np.ones(SHAPE, np.float32)] * 2)
+  with pytest.raises(InputError, match=r"input\(s\) 1, 3 of this call's 4 \(40 noisy samples\)"):
+    smoothing.sample_counts_batch(
+      inf_above_half, xs, keys_for(4, 4), noise=Gaussian(0.01), num=20, batch_size=7
+    )
+  # The same model on the inputs it handles votes normally, padding included.
+  counts = smoothing.sample_counts_batch(
+    inf_above_half, xs[::2], keys_for(5, 2), noise=Gaussian(0.01), num=20, batch_size=7
+  )
+  np.testing.assert_array_equal(counts, [[20, 0], [20, 0]])
+
+
+# ----------------------------------------------------------------------------
+# Inputs of any shape: a tabular model with features outside [0, 1].
+
+FEATURES = np.array([3.0, -2.0, 1.5, 0.5], np.float32)  # w.x + b with w = 1/2: margin 0.5
+
+
+def test_vector_inputs_certify_like_the_same_values_as_an_image():
+  settings = dict(noise=NOISE, n0=50, n=2000, alpha=0.001, batch_size=256)
+  with pytest.raises(InputError, match="value_range"):
+    smoothing.certify(linear_logits, FEATURES, jax.random.key(60), **settings)
+  cert = smoothing.certify(
+    linear_logits, FEATURES, jax.random.key(60), value_range=None, **settings
+  )
+  assert cert.prediction == 1 and 0 < cert.radius < 0.5
+  # Noise depends on the number of coordinates, not their layout: the same values as a
+  # (2, 2, 1) "image" get the same certificate.
+  same = smoothing.certify(
+    linear_logits, FEATURES.reshape(SHAPE), jax.random.key(60), value_range=None, **settings
+  )
+  assert cert == same
+  batch = smoothing.certify_batch(
+    linear_logits, np.stack([FEATURES, -FEATURES]), keys_for(61, 2), value_range=(-5, 5), **settings
+  )
+  assert [c.prediction for c in batch] == [1, 0]
+  pred = smoothing.predict_batch(
+    linear_logits,
+    FEATURES[None],
+    keys_for(62, 1),
+    noise=NOISE,
+    n=500,
+    alpha=0.01,
+    batch_size=128,
+    value_range=None,
+  )
+  assert pred.tolist() == [1]
+  # A scalar input (S = ()) is an input too.
+  counts = smoothing.sample_counts(
+    lambda x: jnp.stack([-x, x], axis=-1),
+    np.float32(0.5),
+    jax.random.key(63),
+    noise=NOISE,
+    num=300,
+    batch_size=64,
+  )
+  assert counts.sum() == 300 and counts[1] > counts[0]
+
+
+def test_custom_value_range_accepts_its_data():
+  x = image(0.1) * 255
+  counts = smoothing.sample_counts(
+    lambda v: linear_logits(v / 255),
+    x,
+    jax.random.key(64),
+    noise=NOISE,
+    num=50,
+    batch_size=50,
+    value_range=(0, 255),
+  )
+  assert counts.sum() == 50
+
+
+# ----------------------------------------------------------------------------
+# Calls too large for the device loop's int32 indices say what to lower.
+
+
+def test_too_many_samples_per_input_says_lower_n():
+  with pytest.raises(
+    InputError, match=r"n0 \+ n = 2147483657 samples per input.*lower n to at most 2147483629"
+  ):
+    _certify(n=2**31 - 1)
+  with pytest.raises(InputError, match="lower num to at most"):
+    smoothing.sample_counts(
+      linear_logits, image(0.1), jax.random.key(65), noise=NOISE, num=2**31, batch_size=8
+    )
+
+
+def test_too_many_inputs_per_call_says_how_many_fit():
+  xs = np.stack([image(0.1)] * 3)
+  with pytest.raises(
+    InputError, match=r"3 inputs x 1073741834 samples.*at most 1 inputs per call, or lower n"
+  ):
+    smoothing.certify_batch(linear_logits, xs, keys_for(0, 3), **{**GOOD, "n": 2**30})

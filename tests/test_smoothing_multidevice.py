@@ -64,6 +64,23 @@ pred_mesh = smoothing.predict_batch(
 )
 np.testing.assert_array_equal(pred_ref, pred_mesh)
 
+# A model returning NaN for one input is refused on the mesh too, naming that input.
+from smoothjax.errors import InputError
+
+
+def broken(x):
+  flat = x.reshape(x.shape[0], -1)
+  return jnp.where((flat[:, :1] > 5), jnp.nan, jnp.stack([flat[:, 0], -flat[:, 0]], axis=-1))
+
+
+far = xs.copy()
+far[2] = 10.0
+try:
+  smoothing.certify_batch(broken, far, keys, batch_size=20, mesh=mesh, value_range=None, **settings)
+  raise AssertionError("NaN logits were voted")
+except InputError as e:
+  assert "input(s) 2 of this call's 4" in str(e), e
+
 print("COUNTS", [c.counts.tolist() for c in eight])
 print("MULTIDEVICE_MATCH ok")
 """
