@@ -2,23 +2,33 @@
 
 Certify the test split (Cohen et al. 2019, Algorithm 1), one TSV row per input
 in Cohen et al.'s format ``idx label predict radius correct time`` (then
-``p_lower count n``); rerunning the same command resumes where it stopped::
+``p_lower count n input_hash``); rerunning the same command resumes where it
+stopped::
 
   python certify.py --workdir workdirs/demo --outfile results/demo.tsv \
       --n0 100 --n 100000 --alpha 0.001 --batch 1000 --skip 20
 
-Predict mode (Algorithm 2) writes ``idx label predict correct time``::
+Options keep the names and meanings of Cohen et al.'s ``certify.py``: ``--skip
+20 --max 400`` certifies the inputs 0, 20, ..., 380 (``--max`` bounds the
+dataset index); ``--count N`` certifies at most N of the selected inputs.
+
+Predict mode (Algorithm 2) writes ``idx label predict correct time input_hash``::
 
   python certify.py --workdir workdirs/demo --outfile results/pred.tsv --predict --n 1000
 
 Tables and one plot from several result files, ours or Cohen et al.'s::
 
   python certify.py analyze results/a.tsv results/b.tsv --plot curves.png --format latex
+
+What a result file can be trusted for: one process writes it at a time (it
+holds ``OUTFILE.lock``); its settings file records the settings, the noise and a
+fingerprint of the model's parameters, and each row the hash of its input, so a
+rerun resumes only onto rows of the same model, data and settings.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import sys
 import time
@@ -26,11 +36,12 @@ import time
 import jax
 import numpy as np
 from absl import app, flags
+from flax import nnx
 from tqdm.auto import tqdm
 
-from smoothjax import analysis, checkpointing, noise, parallel, results, smoothing
+from smoothjax import analysis, checkpointing, locks, noise, parallel, results, smoothing
 from smoothjax import data as data_lib
-from smoothjax.cli.common import run_main
+from smoothjax.cli.common import run_app
 from smoothjax.errors import InputError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained run to certify (from train.py).")
@@ -43,7 +54,10 @@ _INPUTS = flags.DEFINE_integer(
   "inputs_per_step", 1, "Inputs certified together per step (larger helps accelerators)."
 )
 _SKIP = flags.DEFINE_integer("skip", 1, "Certify every skip-th input.")
-_MAX = flags.DEFINE_integer("max", -1, "Stop after this many inputs (-1: all).")
+_MAX = flags.DEFINE_integer(
+  "max", -1, "Stop at this dataset index, as Cohen et al.'s --max (-1: the whole split)."
+)
+_COUNT = flags.DEFINE_integer("count", None, "Certify at most this many of the selected inputs.")
 _SPLIT = flags.DEFINE_string("split", "test", "Dataset split to certify.")
 _SIGMA = flags.DEFINE_float("sigma", None, "Noise level; default: the training noise_sd.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the certification noise.")
@@ -53,99 +67,268 @@ _PLOT = flags.DEFINE_string("plot", None, "PNG path for the plot (default: OUTFI
 _FORMAT = flags.DEFINE_enum("format", "markdown", ["markdown", "latex", "tsv"], "Table format.")
 _MAX_RADIUS = flags.DEFINE_float("max_radius", None, "Largest radius in table and plot.")
 
+# Forward passes that one vote-counting call can index (smoothing counts them in int32).
+_MAX_PASSES_PER_CALL = 2**31 - 1
+# Inputs hashed per read when checking the rows of a resumed file.
+_HASH_CHUNK = 256
+_NOISE = "gaussian"
 
-def _check_flags():
+_CERTIFY_ONLY = (
+  "workdir",
+  "outfile",
+  "n0",
+  "n",
+  "alpha",
+  "batch",
+  "inputs_per_step",
+  "skip",
+  "max",
+  "count",
+  "split",
+  "sigma",
+  "seed",
+  "epoch",
+  "predict",
+)
+_REPORT_ONLY = ("plot", "format", "max_radius")
+
+
+def _present(name: str) -> bool:
+  return flags.FLAGS[name].present > 0
+
+
+def _check_report_flags() -> None:
+  if _MAX_RADIUS.value is not None and not (
+    math.isfinite(_MAX_RADIUS.value) and _MAX_RADIUS.value > 0
+  ):
+    raise InputError(f"--max_radius must be a finite number > 0, got {_MAX_RADIUS.value}")
+
+
+def _check_certify_flags(num_devices: int) -> None:
+  """Every flag of a certify or predict run, before anything is loaded or written."""
+  for name, flag in (("--workdir", _WORKDIR), ("--outfile", _OUTFILE)):
+    if not flag.value:
+      raise InputError(f"{name} is required")
+  predict = _PREDICT.value
+  if predict:
+    for name in ("n0", *_REPORT_ONLY):
+      if _present(name):
+        what = "PREDICT draws only --n samples" if name == "n0" else "predict files have no radii"
+        raise InputError(f"--{name} has no effect with --predict ({what}); drop it")
   if _N0.value < 1 or _N.value < 1:
     raise InputError(f"--n0 and --n must be >= 1, got n0={_N0.value}, n={_N.value}")
   if not 0 < _ALPHA.value < 1:
     raise InputError(f"--alpha must be in (0, 1), got {_ALPHA.value}")
-  if _BATCH.value < 1 or _INPUTS.value < 1:
-    raise InputError("--batch and --inputs_per_step must be >= 1")
+  if _BATCH.value < 1:
+    raise InputError(f"--batch must be >= 1, got {_BATCH.value}")
+  if _INPUTS.value < 1:
+    raise InputError(f"--inputs_per_step must be >= 1, got {_INPUTS.value}")
   if _SKIP.value < 1:
     raise InputError(f"--skip must be >= 1, got {_SKIP.value}")
-  if _SIGMA.value is not None and not _SIGMA.value > 0:
-    raise InputError(f"--sigma must be > 0, got {_SIGMA.value}")
+  if _MAX.value < -1:
+    raise InputError(f"--max must be a dataset index >= 0 (or -1: no bound), got {_MAX.value}")
+  if _MAX.value == 0:
+    raise InputError(
+      "--max 0 selects no inputs: as in Cohen et al.'s certify.py, --max is a dataset index "
+      "bound (inputs with index < max are certified); raise it, or use --count N for N inputs"
+    )
+  if _COUNT.value is not None and _COUNT.value < 1:
+    raise InputError(f"--count must be >= 1, got {_COUNT.value}")
+  if _SIGMA.value is not None:
+    try:
+      noise.from_name(_NOISE, _SIGMA.value)  # The noise family's own bounds on its scale.
+    except InputError as e:
+      raise InputError(f"--sigma {_SIGMA.value}: {e}") from None
+  if not 0 <= _SEED.value < 2**32:
+    raise InputError(f"--seed must be in [0, 2^32), got {_SEED.value}")
+  if _EPOCH.value is not None and _EPOCH.value < 0:
+    raise InputError(f"--epoch must be >= 0, got {_EPOCH.value}")
+  # One vote-counting call takes inputs_per_step inputs of n0 + n samples each, padded by a batch.
+  samples = _N.value if predict else _N0.value + _N.value
+  per_call = _INPUTS.value * samples
+  batch = -(-min(_BATCH.value, per_call) // num_devices) * num_devices
+  if per_call + batch > _MAX_PASSES_PER_CALL:
+    limit = _MAX_PASSES_PER_CALL - batch
+    if _INPUTS.value == 1:
+      raise InputError(
+        f"{samples} noise samples per input (--n{'' if predict else ' plus --n0'}) are more "
+        f"forward passes than one step can count ({limit}); lower --n"
+      )
+    raise InputError(
+      f"--inputs_per_step {_INPUTS.value} inputs of {samples} noise samples are {per_call} "
+      f"forward passes in one step, more than it can count ({limit}); lower --inputs_per_step "
+      "or --n"
+    )
+  _check_report_flags()
+  outfile = results.check_output_path(_OUTFILE.value, "--outfile")
+  for sidecar, what in (
+    (results.settings_path(outfile), "settings file"),
+    (results.lock_path(outfile), "lock file"),
+  ):
+    if os.path.isdir(sidecar):
+      raise InputError(f"the {what} {sidecar} of --outfile is a directory; move it away")
+  if not predict:
+    plot = results.check_output_path(_plot_path(), "--plot")
+    if os.path.abspath(plot) == os.path.abspath(outfile):
+      raise InputError("--plot names the --outfile; choose another path for the plot")
+
+
+def _plot_path() -> str:
+  return _PLOT.value or _OUTFILE.value + ".png"
+
+
+def _noise_level(config) -> float:
+  if _SIGMA.value is not None:
+    return float(_SIGMA.value)
+  sd = config.get("noise_sd")
+  where = f"config.json of {_WORKDIR.value}"
+  if isinstance(sd, bool) or not isinstance(sd, int | float) or not math.isfinite(sd):
+    raise InputError(f"{where} has noise_sd = {sd!r}, not a noise level; pass --sigma")
+  if sd == 0:
+    raise InputError("the run was trained without noise (noise_sd = 0); pass --sigma")
+  if sd < 0:
+    raise InputError(f"{where} has noise_sd = {sd}, which is negative; pass --sigma")
+  return float(sd)
+
+
+def _select(num_inputs: int) -> np.ndarray:
+  """Cohen et al.'s selection: every skip-th index below max; then the first --count."""
+  indices = np.arange(0, num_inputs, _SKIP.value)
+  if _MAX.value >= 0:
+    indices = indices[indices < _MAX.value]
+  if _COUNT.value is not None:
+    indices = indices[: _COUNT.value]
+  if not len(indices):
+    raise InputError(
+      f"--skip {_SKIP.value} --max {_MAX.value} selects none of the {num_inputs} inputs of "
+      f"split {_SPLIT.value!r}; lower --skip or raise --max"
+    )
+  return indices
+
+
+def _check_rows_inputs(existing: results.Results, split, outfile: str) -> None:
+  """Refuses to resume a file whose rows were computed from other inputs than the split holds."""
+  if existing is None or not len(existing):
+    return
+  hashes = existing.extra[results.INPUT_HASH_COLUMN]
+  too_far = existing.idx >= len(split)
+  if too_far.any():
+    raise InputError(
+      f"{outfile} has a row for input {int(existing.idx[too_far][0])} but split "
+      f"{_SPLIT.value!r} has {len(split)} inputs, so the dataset changed; certify into "
+      "another --outfile"
+    )
+  for start in range(0, len(existing), _HASH_CHUNK):
+    idx = existing.idx[start : start + _HASH_CHUNK]
+    images, labels = split.get(idx)
+    now = results.input_hashes(images, labels)
+    for i, before, after in zip(idx, hashes[start : start + _HASH_CHUNK], now, strict=True):
+      if before != after:
+        raise InputError(
+          f"input {int(i)} of split {_SPLIT.value!r} is not the one its row in {outfile} was "
+          "computed from (the dataset's files were changed or replaced); certify into another "
+          "--outfile"
+        )
 
 
 def certify_main():
-  for name, flag in (("--workdir", _WORKDIR), ("--outfile", _OUTFILE)):
-    if not flag.value:
-      raise InputError(f"{name} is required")
-  _check_flags()
-  model, config, info, meta = checkpointing.restore_model(_WORKDIR.value, _EPOCH.value)
-  sigma = _SIGMA.value if _SIGMA.value is not None else float(config.noise_sd)
-  if sigma <= 0:
-    raise InputError("the run was trained without noise (noise_sd = 0); pass --sigma")
-  noise_dist = noise.Gaussian(sigma)
-  split = data_lib.load(config.dataset, data_dir=config.get("data_dir") or None).split(_SPLIT.value)
-
-  indices = np.arange(0, len(split), _SKIP.value)
-  if _MAX.value >= 0:
-    indices = indices[: _MAX.value]
+  _check_certify_flags(jax.device_count())
+  outfile = _OUTFILE.value
   predict_mode = _PREDICT.value
+  model, config, info, meta = checkpointing.restore_model(_WORKDIR.value, _EPOCH.value)
+  del info
+  sigma = _noise_level(config)
+  noise_dist = noise.from_name(_NOISE, sigma)
+  split = data_lib.load(config.dataset, data_dir=config.get("data_dir") or None).split(_SPLIT.value)
+  indices = _select(len(split))
   columns = (
-    results.PREDICT_COLUMNS if predict_mode else (*results.CERTIFY_COLUMNS, "p_lower", "count", "n")
+    (*results.PREDICT_COLUMNS, results.INPUT_HASH_COLUMN)
+    if predict_mode
+    else (*results.CERTIFY_COLUMNS, "p_lower", "count", "n", results.INPUT_HASH_COLUMN)
   )
   settings = {
     "mode": "predict" if predict_mode else "certify",
     "workdir": os.path.abspath(_WORKDIR.value),
     "epoch": int(meta["epoch"]),
     "step": int(meta["step"]),
+    "model_fingerprint": results.fingerprint(nnx.state(model)),
+    "dataset": str(config.dataset),
     "split": _SPLIT.value,
-    "sigma": sigma,
-    "n0": _N0.value,
+    "noise": noise_dist.name,
+    "noise_scale": sigma,
     "n": _N.value,
     "alpha": _ALPHA.value,
     "seed": _SEED.value,
   }
+  if not predict_mode:
+    settings["n0"] = _N0.value
+  hints = {
+    "model_fingerprint": (
+      f"the checkpoint in {_WORKDIR.value} holds other parameters than the model certified "
+      "there (the workdir was retrained or replaced)"
+    ),
+    "dataset": "the workdir's config names another dataset",
+    "noise_scale": "the noise level (--sigma, default the training noise_sd) differs",
+  }
+  parent = os.path.dirname(outfile)
+  if parent:
+    os.makedirs(parent, exist_ok=True)
+  with locks.exclusive(results.lock_path(outfile), f"--outfile {outfile}"):
+    with results.ResultWriter(outfile, columns, settings=settings, hints=hints) as writer:
+      _check_rows_inputs(writer.existing, split, outfile)
+      _run(model, split, indices, writer, noise_dist, predict_mode)
+    if predict_mode:
+      res = results.read_results(outfile)
+      accuracy, abstain = np.mean(res.correct), np.mean(res.predict < 0)
+      print(f"accuracy {accuracy:.4f}, abstain {abstain:.4f} on {len(res.idx)} inputs")
+      return
+    _report([outfile], _plot_path())
+
+
+def _run(model, split, indices, writer, noise_dist, predict_mode) -> None:
+  """Certifies (or predicts) the inputs of ``indices`` not in the file yet, writing each row."""
+  todo = np.array([i for i in indices if int(i) not in writer.done], dtype=np.int64)
+  if len(todo) < len(indices):
+    print(f"resuming: {len(indices) - len(todo)} of {len(indices)} inputs already in {writer.path}")
   # The eval-mode model is a pytree: its weights are jit arguments, not compiled-in constants.
   logits_fn = model
   mesh = parallel.make_mesh() if jax.device_count() > 1 else None
   base_key = jax.random.key(_SEED.value)
-  with results.ResultWriter(_OUTFILE.value, columns, settings=settings) as writer:
-    todo = np.array([i for i in indices if int(i) not in writer.done], dtype=np.int64)
-    if len(todo) < len(indices):
-      print(
-        f"resuming: {len(indices) - len(todo)} of {len(indices)} inputs already in {_OUTFILE.value}"
-      )
-    group = _INPUTS.value
-    with tqdm(total=len(todo), desc="predict" if predict_mode else "certify", unit="input") as bar:
-      for start in range(0, len(todo), group):
-        idx = todo[start : start + group]
-        images, labels = split.get(idx)
-        keys = jax.vmap(jax.random.fold_in, (None, 0))(base_key, idx.astype(np.uint32))
-        t0 = time.time()
-        common = dict(
-          noise=noise_dist, n=_N.value, alpha=_ALPHA.value, batch_size=_BATCH.value, mesh=mesh
-        )
-        if predict_mode:
-          preds = smoothing.predict_batch(logits_fn, images, keys, **common)
-          outs = [{"predict": int(p)} for p in preds]
-        else:
-          certs = smoothing.certify_batch(logits_fn, images, keys, n0=_N0.value, **common)
-          outs = [
-            {
-              "predict": c.prediction,
-              "radius": c.radius,
-              "p_lower": c.p_lower,
-              "count": int(c.counts[c.prediction]) if c.prediction >= 0 else int(np.max(c.counts)),
-              "n": _N.value,
-            }
-            for c in certs
-          ]
-        elapsed = (time.time() - t0) / len(idx)
-        for i, label, out in zip(idx, labels, outs, strict=True):
-          row = {"idx": int(i), "label": int(label), **out}
-          row["correct"] = int(out["predict"] == int(label))
-          row["time"] = elapsed
-          writer.write(row)
-        bar.update(len(idx))
-  if predict_mode:
-    res = results.read_results(_OUTFILE.value)
-    accuracy, abstain = np.mean(res.correct), np.mean(res.predict < 0)
-    print(f"accuracy {accuracy:.4f}, abstain {abstain:.4f} on {len(res.idx)} inputs")
-    return
-  _report([_OUTFILE.value], _PLOT.value or _OUTFILE.value + ".png")
+  group = _INPUTS.value
+  common = dict(
+    noise=noise_dist, n=_N.value, alpha=_ALPHA.value, batch_size=_BATCH.value, mesh=mesh
+  )
+  with tqdm(total=len(todo), desc="predict" if predict_mode else "certify", unit="input") as bar:
+    for start in range(0, len(todo), group):
+      idx = todo[start : start + group]
+      images, labels = split.get(idx)
+      hashes = results.input_hashes(images, labels)
+      keys = jax.vmap(jax.random.fold_in, (None, 0))(base_key, idx.astype(np.uint32))
+      t0 = time.time()
+      if predict_mode:
+        preds = smoothing.predict_batch(logits_fn, images, keys, **common)
+        outs = [{"predict": int(p)} for p in preds]
+      else:
+        certs = smoothing.certify_batch(logits_fn, images, keys, n0=_N0.value, **common)
+        outs = [
+          {
+            "predict": c.prediction,
+            "radius": c.radius,
+            "p_lower": c.p_lower,
+            # The votes of the class that p_lower bounds, abstention or not.
+            "count": int(c.counts[c.top_class]),
+            "n": _N.value,
+          }
+          for c in certs
+        ]
+      elapsed = (time.time() - t0) / len(idx)
+      for i, label, out, digest in zip(idx, labels, outs, hashes, strict=True):
+        row = {"idx": int(i), "label": int(label), **out}
+        row["correct"] = int(out["predict"] == int(label))
+        row["time"] = elapsed
+        row[results.INPUT_HASH_COLUMN] = digest
+        writer.write(row)
+      bar.update(len(idx))
 
 
 def _run_names(paths):
@@ -156,11 +339,13 @@ def _run_names(paths):
   out = []
   for name, path in zip(names, paths, strict=True):
     try:
-      with open(results.settings_path(path)) as f:
-        settings = json.load(f)
-      name += f" (sigma={settings['sigma']:g}, n={settings['n']})"
-    except (OSError, ValueError, KeyError, TypeError):
-      pass  # Files from other tools (e.g. Cohen et al.'s) have no settings beside them.
+      settings = results.read_settings(path) or {}
+    except InputError:
+      settings = {}  # Named by its file alone; the rows are what the table is about.
+    # Older files recorded the Gaussian noise as "sigma".
+    scale = settings.get("noise_scale", settings.get("sigma"))
+    if isinstance(scale, int | float) and isinstance(settings.get("n"), int):
+      name += f" (sigma={scale:g}, n={settings['n']})"
     out.append(name)
   return out
 
@@ -173,7 +358,7 @@ def _report(paths, plot_path):
     radii = np.concatenate([r.radius for r in loaded.values()])
     top = float(np.nanmax(radii, initial=0.0)) if radii.size else 0.0
     max_radius = max(0.25 * np.ceil(top / 0.25), 0.25)
-  radii = analysis.default_radii(max_radius)
+  radii = analysis.default_radii(max_radius, analysis.radius_step(max_radius))
   print(analysis.table(loaded, radii, fmt=_FORMAT.value))
   if plot_path:
     analysis.plot_certified_accuracy(loaded, plot_path, max_radius=max_radius)
@@ -181,11 +366,16 @@ def _report(paths, plot_path):
 
 
 def analyze_main(paths):
+  for name in _CERTIFY_ONLY:
+    if _present(name):
+      raise InputError(f"--{name} has no effect with analyze; drop it")
   if not paths:
     raise InputError("analyze needs one or more result files: certify.py analyze A.tsv [B.tsv ...]")
-  for p in paths:
-    if not os.path.exists(p):
-      raise InputError(f"no such result file: {p}")
+  _check_report_flags()
+  if _PLOT.value:
+    plot = results.check_output_path(_PLOT.value, "--plot")
+    if any(os.path.abspath(plot) == os.path.abspath(p) for p in paths):
+      raise InputError(f"--plot {plot} is one of the result files; choose another path")
   _report(paths, _PLOT.value)
 
 
@@ -203,7 +393,7 @@ def main(argv):
 
 
 def run():
-  app.run(run_main(main))
+  run_app(main)
 
 
 if __name__ == "__main__":

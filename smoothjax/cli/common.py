@@ -1,25 +1,115 @@
-"""What the programs share: one-line errors instead of tracebacks."""
+"""What the programs share: one-line errors instead of tracebacks.
+
+Every program ends in one of:
+
+* success, exit status 0;
+* ``error: <what is wrong and how to fix it>``, exit status 2, for anything the
+  user can cause: an :class:`~smoothjax.errors.InputError`, a bad flag or
+  argument, a path that cannot be read or written, a full disk;
+* ``error: internal error: <type>: <message> (set SMOOTHJAX_DEBUG=1 for the
+  traceback)``, exit status 1, for a bug.
+
+With ``SMOOTHJAX_DEBUG=1`` in the environment the traceback is printed too.
+"""
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
+import traceback
 from collections.abc import Callable
 
-from absl import logging
+from absl import app, flags, logging
 
 from smoothjax.errors import InputError
 
+USER_ERROR = 2
+INTERNAL_ERROR = 1
+DEBUG_ENV = "SMOOTHJAX_DEBUG"
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# Errors of paths the user named (as opposed to, say, a failed system call of a library).
+_PATH_ERRORS = (
+  errno.ENOENT,
+  errno.EACCES,
+  errno.EPERM,
+  errno.EROFS,
+  errno.EISDIR,
+  errno.ENOTDIR,
+  errno.EEXIST,
+  errno.ENAMETOOLONG,
+  errno.ELOOP,
+  errno.ENXIO,
+  errno.ETXTBSY,
+)
+
+
+def _debug() -> bool:
+  return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+  text = " ".join(str(text).split())
+  return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _fail(message: str, status: int) -> None:
+  if _debug():
+    traceback.print_exc()
+  print(f"error: {_one_line(message, 2000)}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def describe_os_error(e: OSError) -> str | None:
+  """A one-line message for an OSError a user can cause and fix, or None for other ones."""
+  where = f" ({e.filename})" if e.filename else ""
+  if e.errno in _DISK_FULL:
+    return (
+      f"the disk is full{where}; free some space and rerun the same command: finished work "
+      "is kept and the run resumes"
+    )
+  if e.errno in _PATH_ERRORS or e.filename is not None:
+    return f"{e.strerror or e}{where}; check the path and its permissions"
+  return None
+
 
 def run_main(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
-  """Wraps an absl ``main`` so an InputError prints one line and exits with status 2."""
+  """Wraps an absl ``main`` so that every error ends in one ``error:`` line (see the module)."""
 
   def wrapped(argv):
     # orbax and absl log every checkpoint operation at INFO; keep the console for progress.
     logging.set_verbosity(logging.WARNING)
     try:
       return main(argv)
-    except InputError as e:
-      print(f"error: {e}", file=sys.stderr, flush=True)
-      sys.exit(2)
+    except (InputError, app.UsageError) as e:
+      _fail(str(e), USER_ERROR)
+    except KeyboardInterrupt:
+      _fail("interrupted; rerun the same command to resume", 130)
+    except OSError as e:
+      message = describe_os_error(e)
+      if message is not None:
+        _fail(message, USER_ERROR)
+      _fail(_internal(e), INTERNAL_ERROR)
+    except Exception as e:  # noqa: BLE001 -- the last resort: one line, not a traceback.
+      _fail(_internal(e), INTERNAL_ERROR)
 
   return wrapped
+
+
+def _internal(e: BaseException) -> str:
+  return f"internal error: {type(e).__name__}: {_one_line(e)} (set {DEBUG_ENV}=1 for the traceback)"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing whose errors (unknown flag, bad value) are one ``error:`` line, exit 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {_one_line(e)} (see --helpshort for the flags)", file=sys.stderr, flush=True)
+    sys.exit(USER_ERROR)
+
+
+def run_app(main: Callable[[list[str]], None]) -> None:
+  """``absl.app.run`` of ``main`` with one-line errors for bad flags and everything in main."""
+  app.run(run_main(main), flags_parser=parse_flags)
