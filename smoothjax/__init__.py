@@ -1,19 +1,25 @@
 """smoothjax: randomized smoothing in JAX and Flax.
 
-The pure core (``noise``, ``stats``, ``smoothing``) works on any
-``logits_fn(images) -> logits``; ``data``, ``models``, ``training``,
-``checkpointing`` and ``parallel`` train and restore base classifiers;
-``results`` and ``analysis`` read, summarise and plot certificates.
+The pure core (``noise``, ``stats``, ``smoothing``, ``losses``, ``attacks``)
+works on any ``logits_fn(inputs) -> logits``; ``data``, ``models``, ``modes``,
+``training``, ``checkpointing`` and ``parallel`` train and restore base
+classifiers; ``results``, ``locks``, ``analysis`` and ``pictures`` write, read,
+summarise and plot certificates and attacks.
 """
 
 from smoothjax import (
   analysis,
+  attacks,
   checkpointing,
   data,
   errors,
+  locks,
+  losses,
   models,
+  modes,
   noise,
   parallel,
+  pictures,
   results,
   smoothing,
   stats,
@@ -30,14 +36,19 @@ __all__ = [
   "Gaussian",
   "InputError",
   "analysis",
+  "attacks",
   "certify",
   "certify_batch",
   "checkpointing",
   "data",
   "errors",
+  "locks",
+  "losses",
   "models",
+  "modes",
   "noise",
   "parallel",
+  "pictures",
   "predict",
   "predict_batch",
   "results",

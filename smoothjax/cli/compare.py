@@ -1,0 +1,266 @@
+"""Compares several trained runs: accuracy under attack, certified accuracy and ACR.
+
+For each workdir (for example standard, pgd, gaussian and smoothadv runs) this
+runs what is missing of the attack evaluation (``attack.py``: FGSM and PGD, l2
+and linf, at the given eps) and of the certification (``certify.py``), each in
+its own resumable file under ``OUTDIR/<name>/``, then writes one table
+(``OUTDIR/comparison.md`` and ``.csv``) and one figure (``OUTDIR/comparison.png``)::
+
+  python compare.py --workdirs workdirs/standard,workdirs/pgd,workdirs/gaussian \\
+      --outdir results/compare --sigma 0.25 --n 10000 --skip 10
+
+The certification options have certify.py's names and meanings (``--n0``, ``--n``,
+``--alpha``, ``--batch``, ``--skip``, ``--max``, ``--count``, ``--seed``). A run
+trained with noise is certified at its training noise (certify.py's default); a
+run trained without noise is certified at ``--sigma``; ``--same_sigma``
+certifies every run at ``--sigma``. The programs run as separate processes, as
+a user would run them, so every step resumes, locks its output and refuses to
+mix settings; rerunning the same command only does what is missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from absl import app, flags
+
+from smoothjax import analysis, checkpointing, results
+from smoothjax.cli import attack as attack_cli
+from smoothjax.cli.common import run_main
+from smoothjax.errors import InputError
+
+_WORKDIRS = flags.DEFINE_list("workdirs", None, "Trained runs to compare (from train.py).")
+_NAMES = flags.DEFINE_list("names", None, "Names of the runs (default: workdir base names).")
+_OUTDIR = flags.DEFINE_string("outdir", None, "Folder for the result files, table and figure.")
+_N0 = flags.DEFINE_integer("n0", 100, "certify.py --n0: noise samples to select the class.")
+_N = flags.DEFINE_integer("n", 10_000, "certify.py --n: noise samples to estimate pA.")
+_ALPHA = flags.DEFINE_float("alpha", 0.001, "certify.py --alpha: failure probability.")
+_BATCH = flags.DEFINE_integer("batch", 1000, "Forward passes per device step.")
+_SKIP = flags.DEFINE_integer("skip", 1, "Evaluate every skip-th input.")
+_MAX = flags.DEFINE_integer("max", -1, "Stop at this dataset index (-1: all), as Cohen's.")
+_COUNT = flags.DEFINE_integer("count", None, "Evaluate at most this many selected inputs.")
+_SIGMA = flags.DEFINE_float("sigma", None, "Noise to certify runs trained without noise at.")
+_SAME_SIGMA = flags.DEFINE_boolean("same_sigma", False, "Certify every run at --sigma.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the certification noise and random starts.")
+_ATTACKS = flags.DEFINE_list("attacks", ["fgsm", "pgd"], "Attacks on the base classifier.")
+_EPS_L2 = flags.DEFINE_list("eps_l2", ["0.5", "1.0", "2.0"], "l2 radii of the attacks.")
+_EPS_LINF = flags.DEFINE_list("eps_linf", ["0.05", "0.1", "0.2"], "linf radii of the attacks.")
+_STEPS = flags.DEFINE_integer("steps", 20, "PGD steps.")
+_RADII = flags.DEFINE_list(
+  "radii", ["0", "0.25", "0.5", "0.75", "1.0"], "Radii of the certified-accuracy columns."
+)
+
+HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _floats(name: str, values, *, positive: bool) -> list[float]:
+  try:
+    out = [float(v) for v in values]
+  except ValueError:
+    raise InputError(f"--{name} must be comma-separated numbers, got {','.join(values)}") from None
+  low = "> 0" if positive else ">= 0"
+  if not out or any(not np.isfinite(v) or (v <= 0 if positive else v < 0) for v in out):
+    raise InputError(f"--{name} must be finite numbers {low}, got {','.join(values)}")
+  return out
+
+
+def _check_flags():
+  if not _WORKDIRS.value:
+    raise InputError("--workdirs is required: a comma-separated list of train.py workdirs")
+  if not _OUTDIR.value:
+    raise InputError("--outdir is required: the folder for the result files and the table")
+  if os.path.exists(_OUTDIR.value) and not os.path.isdir(_OUTDIR.value):
+    raise InputError(f"--outdir {_OUTDIR.value} is a file; choose a folder")
+  names = _NAMES.value or [os.path.basename(os.path.normpath(w)) for w in _WORKDIRS.value]
+  if len(names) != len(_WORKDIRS.value):
+    raise InputError(f"--names has {len(names)} names for {len(_WORKDIRS.value)} workdirs")
+  if len(set(names)) != len(names) or any(not n or os.sep in n for n in names):
+    raise InputError(f"run names must be distinct plain names, got {names}; pass --names")
+  for name, flag in (("n0", _N0), ("n", _N), ("batch", _BATCH), ("skip", _SKIP), ("steps", _STEPS)):
+    if flag.value < 1:
+      raise InputError(f"--{name} must be >= 1, got {flag.value}")
+  if not 0 < _ALPHA.value < 1:
+    raise InputError(f"--alpha must be in (0, 1), got {_ALPHA.value}")
+  if _COUNT.value is not None and _COUNT.value < 1:
+    raise InputError(f"--count must be >= 1, got {_COUNT.value}")
+  if _SIGMA.value is not None and not (np.isfinite(_SIGMA.value) and _SIGMA.value > 0):
+    raise InputError(f"--sigma must be a finite number > 0, got {_SIGMA.value}")
+  if _SAME_SIGMA.value and _SIGMA.value is None:
+    raise InputError("--same_sigma needs --sigma")
+  unknown = sorted(set(_ATTACKS.value) - set(attack_cli.ATTACKS))
+  if unknown or not _ATTACKS.value:
+    raise InputError(f"--attacks: choose from {', '.join(attack_cli.ATTACKS)}, got {unknown}")
+  eps = {"l2": _floats("eps_l2", _EPS_L2.value, positive=True)}
+  eps["linf"] = _floats("eps_linf", _EPS_LINF.value, positive=True)
+  radii = sorted(_floats("radii", _RADII.value, positive=False))
+  runs = []
+  for name, workdir in zip(names, _WORKDIRS.value, strict=True):
+    config = checkpointing.load_config(workdir)  # one-line error for a missing run
+    if not os.path.isdir(os.path.join(workdir, checkpointing.CHECKPOINT_DIR)):
+      raise InputError(f"no checkpoints in {workdir}; train it first")
+    trained = float(config.get("noise_sd", 0.0))
+    if _SAME_SIGMA.value or trained == 0:
+      if _SIGMA.value is None:
+        raise InputError(f"{workdir} was trained without noise: pass --sigma to certify it")
+      sigma = _SIGMA.value
+    else:
+      sigma = trained
+    runs.append({"name": name, "workdir": workdir, "config": config, "sigma": sigma})
+  return runs, eps, radii
+
+
+def _program(script: str, args: list[str]) -> None:
+  cmd = [sys.executable, os.path.join(HERE, script), *args]
+  print(f"\n$ {' '.join(cmd[1:])}", flush=True)
+  proc = subprocess.run(cmd, check=False)
+  if proc.returncode:
+    # The program printed its own one-line error.
+    sys.exit(proc.returncode)
+
+
+def _selection_args() -> list[str]:
+  args = [f"--skip={_SKIP.value}", f"--max={_MAX.value}", f"--seed={_SEED.value}"]
+  if _COUNT.value is not None:
+    args.append(f"--count={_COUNT.value}")
+  return args
+
+
+def _evaluate(run, eps, outdir):
+  folder = os.path.join(outdir, run["name"])
+  os.makedirs(folder, exist_ok=True)
+  attacks = {}
+  for attack in _ATTACKS.value:
+    for norm in ("l2", "linf"):
+      path = os.path.join(folder, f"attack_{attack}_{norm}.tsv")
+      _program(
+        "attack.py",
+        [
+          f"--workdir={run['workdir']}",
+          f"--outfile={path}",
+          f"--attack={attack}",
+          f"--norm={norm}",
+          f"--eps={','.join(f'{e:g}' for e in eps[norm])}",
+          f"--steps={_STEPS.value}",
+          f"--batch={min(_BATCH.value, 256)}",
+          *_selection_args(),
+        ],
+      )
+      attacks[(attack, norm)] = attack_cli.summarize(path)
+  certify_path = os.path.join(folder, f"certify_sigma{run['sigma']:g}.tsv")
+  _program(
+    "certify.py",
+    [
+      f"--workdir={run['workdir']}",
+      f"--outfile={certify_path}",
+      f"--n0={_N0.value}",
+      f"--n={_N.value}",
+      f"--alpha={_ALPHA.value}",
+      f"--batch={_BATCH.value}",
+      f"--sigma={run['sigma']}",
+      "--inputs_per_step=10",
+      *_selection_args(),
+    ],
+  )
+  return attacks, results.read_results(certify_path)
+
+
+def build_table(rows, eps, radii):
+  """Header and rows (strings) of the comparison table."""
+  header = ["run", "mode", "trained sigma", "certified sigma", "clean"]
+  for attack in _ATTACKS.value:
+    for norm in ("l2", "linf"):
+      header += [f"{attack} {norm} {e:g}" for e in eps[norm]]
+  header += [f"cert r={r:g}" for r in radii] + ["ACR"]
+  body = []
+  for run, attacks, cert in rows:
+    first = next(iter(attacks.values()))
+    line = [
+      run["name"],
+      str(run["config"].get("mode", "?")),
+      f"{float(run['config'].get('noise_sd', 0.0)):g}",
+      f"{run['sigma']:g}",
+      f"{100 * first['clean_accuracy']:.1f}",
+    ]
+    for attack in _ATTACKS.value:
+      for norm in ("l2", "linf"):
+        line += [f"{100 * a:.1f}" for a in attacks[(attack, norm)]["accuracy"]]
+    line += [f"{100 * analysis.certified_accuracy(cert, r):.1f}" for r in radii]
+    line.append(f"{analysis.acr(cert):.3f}")
+    body.append(line)
+  return header, body
+
+
+def _write_table(header, body, outdir):
+  md = ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * (len(header) - 2)]
+  md += ["| " + " | ".join(line) + " |" for line in body]
+  text = "\n".join(md) + "\n"
+  with open(os.path.join(outdir, "comparison.md"), "w", encoding="utf-8") as f:
+    f.write(
+      "Accuracy (%) of the base classifier, clean and under each attack at each eps; "
+      "certified accuracy (%) of the smoothed classifier at each l2 radius; ACR.\n\n" + text
+    )
+  with open(os.path.join(outdir, "comparison.csv"), "w", encoding="utf-8", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(header)
+    writer.writerows(body)
+  return text
+
+
+def plot(rows, eps, path):
+  """Three panels: certified accuracy against radius, accuracy under PGD in l2 and linf."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  top = max(float(np.max(cert.radius, initial=0.0)) for _, _, cert in rows)
+  grid = np.linspace(0, max(top, 0.25) * 1.05, 200)
+  for run, attacks, cert in rows:
+    label = f"{run['name']} (sigma={run['sigma']:g})"
+    axes[0].plot(grid, [analysis.certified_accuracy(cert, r) for r in grid], label=label)
+    for ax, norm in zip(axes[1:], ("l2", "linf"), strict=True):
+      attack = "pgd" if ("pgd", norm) in attacks else _ATTACKS.value[0]
+      s = attacks[(attack, norm)]
+      ax.plot([0, *s["eps"]], [s["clean_accuracy"], *s["accuracy"]], "o-", label=run["name"])
+      ax.set_title(f"base classifier under {attack.upper()} ({norm})")
+      ax.set_xlabel(f"{norm} eps")
+  axes[0].set_title("smoothed classifier: certified accuracy")
+  axes[0].set_xlabel("l2 radius")
+  for ax in axes:
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  runs, eps, radii = _check_flags()
+  outdir = _OUTDIR.value
+  os.makedirs(outdir, exist_ok=True)
+  rows = [(run, *_evaluate(run, eps, outdir)) for run in runs]
+  header, body = build_table(rows, eps, radii)
+  text = _write_table(header, body, outdir)
+  plot(rows, eps, os.path.join(outdir, "comparison.png"))
+  with open(os.path.join(outdir, "comparison.json"), "w", encoding="utf-8") as f:
+    json.dump({"header": header, "rows": body}, f, indent=2)
+  print("\n" + text)
+  print(f"table: {outdir}/comparison.md (and .csv); figure: {outdir}/comparison.png")
+
+
+def run():
+  app.run(run_main(main))
+
+
+if __name__ == "__main__":
+  run()

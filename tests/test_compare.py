@@ -1,0 +1,120 @@
+"""compare.py end to end: attack and certification of several runs, one table, resume."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import pytest
+from test_cli import assert_one_line_error, run
+
+from smoothjax import analysis, results
+from smoothjax.cli import attack as attack_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("compare")
+  workdirs = {}
+  for name, extra in (
+    ("standard", ["--config.mode=standard", "--config.noise_sd=0.0"]),
+    ("gaussian", []),
+  ):
+    workdirs[name] = root / name
+    run(
+      "train.py",
+      "--config=configs/default.py",
+      f"--workdir={workdirs[name]}",
+      "--config.model=cnn_tiny",
+      "--config.num_epochs=1",
+      "--config.progress=False",
+      *extra,
+    )
+  return root, workdirs
+
+
+ARGS = (
+  "--n0=20",
+  "--n=200",
+  "--alpha=0.01",
+  "--batch=200",
+  "--skip=100",
+  "--steps=3",
+  "--eps_l2=1.0",
+  "--eps_linf=0.1",
+  "--radii=0,0.25",
+)
+
+
+def test_compare_writes_one_table_from_the_programs_files(runs):
+  root, workdirs = runs
+  out = root / "out"
+  proc = run(
+    "compare.py",
+    f"--workdirs={workdirs['standard']},{workdirs['gaussian']}",
+    f"--outdir={out}",
+    "--sigma=0.25",
+    *ARGS,
+  )
+  assert "comparison.md" in proc.stdout
+  with open(out / "comparison.csv") as f:
+    table = list(csv.reader(f))
+  header, rows = table[0], table[1:]
+  assert [r[0] for r in rows] == ["standard", "gaussian"]
+  assert header[:5] == ["run", "mode", "trained sigma", "certified sigma", "clean"]
+  for row in rows:
+    folder = out / row[0]
+    pgd = attack_cli.summarize(folder / "attack_pgd_l2.tsv")
+    fgsm = attack_cli.summarize(folder / "attack_fgsm_linf.tsv")
+    assert pgd["inputs"] == 10  # indices 0, 100, ..., 900
+    assert float(row[4]) == pytest.approx(100 * pgd["clean_accuracy"], abs=0.05)
+    assert float(row[header.index("pgd l2 1")]) == pytest.approx(100 * pgd["accuracy"][0], abs=0.05)
+    assert float(row[header.index("fgsm linf 0.1")]) == pytest.approx(
+      100 * fgsm["accuracy"][0], abs=0.05
+    )
+    cert = results.read_results(folder / "certify_sigma0.25.tsv")
+    assert float(row[-1]) == pytest.approx(analysis.acr(cert), abs=5e-4)
+    assert float(row[header.index("cert r=0")]) == pytest.approx(
+      100 * analysis.certified_accuracy(cert, 0.0), abs=0.05
+    )
+  assert rows[0][3] == "0.25" and rows[1][2] == "0.25"
+  assert os.path.getsize(out / "comparison.png") > 10_000
+
+  # Rerunning finds every file complete: nothing is recomputed, the table is the same.
+  before = {p: os.path.getmtime(p) for p in out.glob("*/*.tsv")}
+  run(
+    "compare.py",
+    f"--workdirs={workdirs['standard']},{workdirs['gaussian']}",
+    f"--outdir={out}",
+    "--sigma=0.25",
+    *ARGS,
+  )
+  with open(out / "comparison.csv") as f:
+    assert list(csv.reader(f)) == table
+  assert {p: os.path.getmtime(p) for p in out.glob("*/*.tsv")} == before
+
+
+@pytest.mark.parametrize(
+  "args,message",
+  [
+    (("--workdirs={missing}",), "no trained run"),
+    (("--workdirs={standard}",), "pass --sigma"),
+    (("--workdirs={standard}", "--sigma=-1"), "--sigma"),
+    (("--workdirs={standard}", "--sigma=0.25", "--eps_l2=a"), "--eps_l2"),
+    (("--workdirs={standard}", "--sigma=0.25", "--eps_linf=-0.1"), "--eps_linf"),
+    (("--workdirs={standard}", "--sigma=0.25", "--attacks=cw"), "--attacks"),
+    (("--workdirs={standard}", "--sigma=0.25", "--n=0"), "--n "),
+    (("--workdirs={standard}", "--sigma=0.25", "--alpha=2"), "--alpha"),
+    (("--workdirs={standard},{standard}", "--sigma=0.25"), "distinct"),
+    (("--workdirs={standard}", "--same_sigma"), "--same_sigma needs --sigma"),
+  ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(runs, args, message):
+  root, workdirs = runs
+  out = root / "bad"
+  names = {"missing": root / "nope", **workdirs}
+  proc = run("compare.py", *(a.format(**names) for a in args), f"--outdir={out}", check=False)
+  assert_one_line_error(proc, message)
+  assert not out.exists()
