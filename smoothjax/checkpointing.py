@@ -1,4 +1,4 @@
-"""Checkpoints in a workdir: orbax saves, resume, and restore for evaluation.
+"""Checkpoints in a workdir: orbax saves, resume, integrity, and restore for evaluation.
 
 A workdir holds everything needed to use a trained model without the original
 command line::
@@ -6,21 +6,37 @@ command line::
   WORKDIR/config.json         the run's ml_collections config
   WORKDIR/dataset_info.json   classes, image shape and normalisation constants
   WORKDIR/checkpoints/<step>/{model,optimizer,meta}    orbax checkpoints
+  WORKDIR/checkpoints_damaged/<step>    damaged checkpoints set aside on resume
   WORKDIR/metrics.jsonl       one line of metrics per epoch
 
 Model and optimiser states are saved as separate items so evaluation restores
 the model alone.
+
+Integrity: each checkpoint's ``meta`` item records a SHA-256 checksum of the model
+state and of the optimiser state (:func:`state_checksum`: every array's path,
+dtype, shape and bytes, in sorted path order), computed from host copies before
+orbax's asynchronous save starts. :meth:`Checkpointer.restore` verifies the items
+it restores and raises :class:`CheckpointDamaged`, naming the step and the
+directory, when a checksum does not match or an item is missing, truncated or
+unreadable; :meth:`Checkpointer.restore_latest` falls back to the newest intact
+checkpoint. Checkpoints written before checksums existed are restored unverified.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
+import numbers
 import os
+import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -31,6 +47,45 @@ from smoothjax.errors import InputError
 CONFIG_FILE = "config.json"
 INFO_FILE = "dataset_info.json"
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "checkpoints_damaged"
+# The key of the meta item that holds the checksums; restore hands meta back without it.
+CHECKSUMS = "checksums"
+_STATE_ITEMS = ("model", "optimizer")
+
+
+class CheckpointDamaged(InputError):
+  """A checkpoint that cannot be trusted: an item missing, truncated, unreadable or
+  failing its checksum.
+
+  Attributes:
+    directory: the checkpoints directory (``WORKDIR/checkpoints``).
+    step: the step of the damaged checkpoint.
+    reason: what is wrong with it.
+  """
+
+  def __init__(self, directory: str, step: int, reason: str, advice: str | None = None):
+    self.directory = directory
+    self.step = step
+    self.reason = reason
+    advice = advice or "restore an older checkpoint (another epoch) or retrain"
+    super().__init__(f"checkpoint {step} in {directory} is damaged: {reason}; {advice}")
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+  text = str(error).strip().splitlines()
+  # TensorStore appends a dump of its spec to the useful part.
+  text = text[0].split(" See full TensorStore details")[0] if text else ""
+  text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+  return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------
+# Run files: config.json and dataset_info.json.
+
+
+def _check_workdir(workdir: str) -> None:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise InputError(f"workdir {workdir} is a file, not a directory; pass the run's directory")
 
 
 def save_json(path: str, obj: Any) -> None:
@@ -44,64 +99,296 @@ def save_json(path: str, obj: Any) -> None:
 
 def save_run_files(workdir: str, config: ml_collections.ConfigDict, info: data_lib.DatasetInfo):
   """Saves the config and the dataset description beside the checkpoints."""
+  _check_workdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   save_json(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json()))
   save_json(os.path.join(workdir, INFO_FILE), dataclasses.asdict(info))
 
 
+def _read_json(path: str, fix: str):
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise InputError(f"cannot read {path} as JSON ({_one_line(e)}); {fix}") from None
+
+
+def _is_real(value) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_count(value, least: int) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's config from ``WORKDIR/config.json``, with the fields evaluation needs checked.
+
+  Args:
+    workdir: a directory written by ``train.py``.
+
+  Returns:
+    The config. ``model`` names a known model, ``dataset`` is a non-empty string and
+    ``noise_sd`` a finite number >= 0; anything else raises InputError.
+  """
+  _check_workdir(workdir)
   path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  if not os.path.isfile(path):
     raise InputError(
       f"no trained run in {workdir!r} ({CONFIG_FILE} missing); train one with "
       f"python train.py --config configs/default.py --workdir {workdir}"
     )
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  fix = "restore the config.json that train.py wrote, or retrain"
+  raw = _read_json(path, fix)
+  if not isinstance(raw, dict):
+    raise InputError(f"{path} holds a JSON {type(raw).__name__}, not a config object; {fix}")
+  problems = []
+  if "model" not in raw:
+    problems.append("it lacks 'model'")
+  elif raw["model"] not in models.MODELS:
+    problems.append(f"'model' is {raw['model']!r}, not one of {', '.join(models.MODELS)}")
+  if not (isinstance(raw.get("dataset"), str) and raw["dataset"]):
+    problems.append(f"'dataset' must be a dataset name, got {raw.get('dataset')!r}")
+  if not (_is_real(raw.get("noise_sd")) and raw["noise_sd"] >= 0):
+    problems.append(f"'noise_sd' must be a number >= 0, got {raw.get('noise_sd')!r}")
+  if not isinstance(raw.get("data_dir", ""), str):
+    problems.append(f"'data_dir' must be a string, got {raw['data_dir']!r}")
+  if problems:
+    raise InputError(f"{path} is not a valid run config: {problems[0]}; {fix}")
+  return ml_collections.ConfigDict(raw)
 
 
 def load_info(workdir: str) -> data_lib.DatasetInfo:
-  with open(os.path.join(workdir, INFO_FILE)) as f:
-    raw = json.load(f)
-  for key in ("image_shape", "mean", "std"):
-    raw[key] = tuple(raw[key])
-  return data_lib.DatasetInfo(**raw)
+  """The dataset description from ``WORKDIR/dataset_info.json``, checked field by field."""
+  _check_workdir(workdir)
+  path = os.path.join(workdir, INFO_FILE)
+  fix = "restore the dataset_info.json that train.py wrote, or retrain"
+  if not os.path.isfile(path):
+    raise InputError(f"{path} is missing; {fix}")
+  raw = _read_json(path, fix)
+  fields = [f.name for f in dataclasses.fields(data_lib.DatasetInfo)]
+  if not isinstance(raw, dict):
+    raise InputError(f"{path} holds a JSON {type(raw).__name__}, not a dataset description; {fix}")
+  missing = [f for f in fields if f not in raw]
+  if missing:
+    raise InputError(f"{path} lacks {', '.join(missing)}; {fix}")
+  shape, mean, std, sizes = raw["image_shape"], raw["mean"], raw["std"], raw["split_sizes"]
+  checks = [
+    (isinstance(raw["name"], str), "'name' must be a string"),
+    (_is_count(raw["num_classes"], 1), "'num_classes' must be an integer >= 1"),
+    (
+      isinstance(shape, list) and len(shape) == 3 and all(_is_count(d, 1) for d in shape),
+      "'image_shape' must be [height, width, channels], positive integers",
+    ),
+    (
+      isinstance(mean, list) and mean and all(_is_real(v) for v in mean),
+      "'mean' must be a list of numbers, one per channel",
+    ),
+    (
+      isinstance(std, list) and std and all(_is_real(v) and v > 0 for v in std),
+      "'std' must be a list of positive numbers, one per channel",
+    ),
+    (
+      isinstance(sizes, dict) and all(_is_count(v, 0) for v in sizes.values()),
+      "'split_sizes' must map split names to example counts",
+    ),
+  ]
+  for ok, problem in checks:
+    if not ok:
+      raise InputError(f"{path}: {problem}; {fix}")
+  if not len(mean) == len(std) == shape[2]:
+    raise InputError(
+      f"{path}: 'mean' and 'std' must have one value per channel of 'image_shape' "
+      f"{shape}, got {len(mean)} and {len(std)}; {fix}"
+    )
+  return data_lib.DatasetInfo(
+    name=raw["name"],
+    num_classes=raw["num_classes"],
+    image_shape=tuple(shape),
+    mean=tuple(mean),
+    std=tuple(std),
+    split_sizes=dict(sizes),
+  )
+
+
+# --------------------------------------------------------------------------
+# Checksums.
+
+
+def _path_str(path) -> str:
+  """A pytree path as 'a/b/0', the same for a state and for orbax's metadata of it."""
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def _host_arrays(states: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+  """Host copies of every array of each state, by path, in one transfer."""
+  flat = {name: jax.tree_util.tree_flatten_with_path(state)[0] for name, state in states.items()}
+  leaves = []
+  for pairs in flat.values():
+    for _, leaf in pairs:
+      if isinstance(leaf, jax.Array):
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+          leaf = jax.random.key_data(leaf)
+        if not leaf.is_fully_addressable:
+          if leaf.is_fully_replicated:
+            leaf = leaf.addressable_data(0)
+          else:
+            from jax.experimental import multihost_utils
+
+            leaf = multihost_utils.process_allgather(leaf, tiled=True)
+      leaves.append(leaf)
+  host = iter(jax.device_get(leaves))
+  return {
+    name: {_path_str(path): np.asarray(next(host)) for path, _ in pairs}
+    for name, pairs in flat.items()
+  }
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+  h = hashlib.sha256()
+  for path in sorted(arrays):
+    a = np.ascontiguousarray(arrays[path])
+    h.update(f"{path}\0{a.dtype.str}\0{a.shape}\0".encode())
+    h.update(a.reshape(-1).view(np.uint8).data)
+  return "sha256:" + h.hexdigest()
+
+
+def state_checksum(state) -> str:
+  """SHA-256 of a state's arrays: each one's path, dtype, shape and bytes, in path order.
+
+  Args:
+    state: a pytree of arrays (e.g. ``nnx.state(model)``), on any devices.
+
+  Returns:
+    ``"sha256:<hex digest>"``.
+  """
+  return _digest(_host_arrays({"state": state})["state"])
+
+
+def _checksums(states: dict[str, Any]) -> dict[str, str]:
+  return {name: _digest(arrays) for name, arrays in _host_arrays(states).items()}
+
+
+# --------------------------------------------------------------------------
+# The checkpoint manager.
+
+
+def _abstract(state):
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+
+def _leaf_specs(tree) -> dict[str, tuple[tuple[int, ...], Any]]:
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {
+    _path_str(p): (tuple(getattr(x, "shape", ())), getattr(x, "dtype", None)) for p, x in flat
+  }
 
 
 class Checkpointer:
   """orbax ``CheckpointManager`` over ``WORKDIR/checkpoints``, indexed by training step.
 
-  Each checkpoint's ``meta`` item holds its ``step``, the completed ``epoch``s and
-  ``steps_per_epoch``.
+  Each checkpoint's ``meta`` item holds what the caller saved (``step``, the completed
+  ``epoch``s, ``steps_per_epoch``, ...) plus the checksums of the model and optimiser
+  states, which :meth:`restore` verifies and removes.
   """
 
   def __init__(self, workdir: str, *, keep: int = 3, create: bool = True):
-    directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
-    if not create and not os.path.isdir(directory):
+    _check_workdir(workdir)
+    self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    self.damaged_directory = os.path.abspath(os.path.join(workdir, DAMAGED_DIR))
+    if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+      raise InputError(f"{self.directory} is a file, not a checkpoint directory; move it away")
+    if not create and not os.path.isdir(self.directory):
       raise InputError(f"no checkpoints in {workdir!r}; train first or check --workdir")
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
-    self.manager = ocp.CheckpointManager(
-      directory, options=options, item_names=("model", "optimizer", "meta")
-    )
+    handlers = {
+      "model": ocp.StandardCheckpointHandler(),
+      "optimizer": ocp.StandardCheckpointHandler(),
+      "meta": ocp.JsonCheckpointHandler(),
+    }
+    try:
+      self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    except OSError as e:
+      raise InputError(
+        f"cannot use {self.directory} for checkpoints ({_one_line(e)}); pass a writable --workdir"
+      ) from e
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    """The steps of every checkpoint, oldest first."""
+    return sorted(self.manager.all_steps())
+
+  def _damaged(self, step: int, reason: str) -> CheckpointDamaged:
+    return CheckpointDamaged(self.directory, step, reason)
+
+  def _check_step(self, step) -> int:
+    steps = self.all_steps()
+    if step not in steps:
+      raise InputError(f"no checkpoint of step {step!r} in {self.directory}; have steps {steps}")
+    return int(step)
+
+  def _read_meta(self, step: int) -> dict:
+    try:
+      meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+      meta = meta["meta"]
+    except Exception as e:  # orbax, tensorstore and json errors all mean the same here
+      raise self._damaged(step, f"its meta item cannot be read ({_one_line(e)})") from e
+    if not isinstance(meta, dict) or not isinstance(meta.get(CHECKSUMS, {}), dict):
+      raise self._damaged(step, f"its meta item holds {type(meta).__name__}, not a JSON object")
+    return meta
+
   def meta(self, step: int) -> dict:
-    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    """The ``meta`` item saved with checkpoint ``step`` (without the checksums)."""
+    meta = self._read_meta(self._check_step(step))
+    meta.pop(CHECKSUMS, None)
+    return meta
 
   def step_of_epoch(self, epoch: int) -> int:
-    """The checkpoint taken at the end of ``epoch``; InputError if there is none."""
-    ends = {}
-    for step in self.manager.all_steps():
-      meta = self.meta(step)
-      if step == meta["epoch"] * meta["steps_per_epoch"]:
-        ends[meta["epoch"]] = step
-    if epoch not in ends:
-      raise InputError(f"no checkpoint at the end of epoch {epoch}: have epochs {sorted(ends)}")
-    return ends[epoch]
+    """The checkpoint taken at the end of ``epoch``; InputError if there is none.
+
+    A checkpoint whose meta item cannot be read is skipped with a warning.
+    """
+    ends, unreadable, steps_per_epoch = {}, {}, set()
+    for step in self.all_steps():
+      try:
+        meta = self.meta(step)
+        steps_per_epoch.add(meta["steps_per_epoch"])
+        if step == meta["epoch"] * meta["steps_per_epoch"]:
+          ends[meta["epoch"]] = step
+      except (CheckpointDamaged, KeyError, TypeError) as e:
+        if not isinstance(e, CheckpointDamaged):
+          e = self._damaged(step, f"its meta item lacks {e}")
+        print(
+          f"warning: skipping checkpoint {step} in {self.directory}: {e.reason}", file=sys.stderr
+        )
+        unreadable[step] = e
+    if epoch in ends:
+      return ends[epoch]
+    for spe in steps_per_epoch:
+      if isinstance(epoch, int) and epoch * spe in unreadable:
+        raise unreadable[epoch * spe]  # the end of that epoch, by the other checkpoints' meta
+    damaged = f" (checkpoints {sorted(unreadable)} are damaged)" if unreadable else ""
+    raise InputError(
+      f"no checkpoint at the end of epoch {epoch}: have epochs {sorted(ends)}{damaged}"
+    )
 
   def save(self, step: int, model_state, optimizer_state, meta: dict) -> None:
+    """Saves a checkpoint asynchronously, with the checksums of both states in ``meta``.
+
+    The checksums are computed from one host copy of the states before orbax starts.
+    """
+    meta = dict(meta)
+    meta[CHECKSUMS] = _checksums({"model": model_state, "optimizer": optimizer_state})
     self.manager.save(
       step,
       args=ocp.args.Composite(
@@ -111,51 +398,200 @@ class Checkpointer:
       ),
     )
 
-  def restore(self, step: int, model_state, optimizer_state=None):
-    """Restores into the structure, dtypes and shardings of the given states.
+  def _saved_specs(self, step: int, names) -> dict[str, dict]:
+    """Paths, shapes and dtypes of the saved arrays of items ``names``."""
+    try:
+      metadata = self.manager.item_metadata(step)
+    except Exception as e:
+      raise self._damaged(step, f"its metadata cannot be read ({_one_line(e)})") from e
+    specs = {}
+    for name in names:
+      try:
+        tree = metadata[name]
+      except (KeyError, TypeError):
+        tree = None
+      if tree is None:
+        raise self._damaged(step, f"its {name} item is missing")
+      specs[name] = _leaf_specs(tree)
+    return specs
 
-    Returns ``(model_state, optimizer_state or None, meta)``.
+  def _check_fits(self, step: int, name: str, saved: dict, target) -> None:
+    want = _leaf_specs(target)
+    if {p: s for p, (s, _) in saved.items()} == {p: s for p, (s, _) in want.items()}:
+      return
+    differ = sorted(p for p in want.keys() & saved.keys() if want[p][0] != saved[p][0])
+    if differ:
+      p = differ[0]
+      detail = f"{p} is {saved[p][0]} there but {want[p][0]} here"
+    elif want.keys() - saved.keys():
+      detail = f"it lacks {sorted(want.keys() - saved.keys())[0]}"
+    else:
+      detail = f"it has an extra {sorted(saved.keys() - want.keys())[0]}"
+    raise InputError(
+      f"the {name} state of checkpoint {step} in {self.directory} does not fit the one to "
+      f"restore into ({detail}): it was trained as another model or on other data; restore "
+      f"it with the {CONFIG_FILE} and {INFO_FILE} it was trained with"
+    )
+
+  def restore(self, step: int, model_state, optimizer_state=None):
+    """Restores checkpoint ``step`` into the structure, dtypes and shardings of the states.
+
+    Args:
+      step: the checkpoint's training step.
+      model_state: the model state (or its abstract ``jax.ShapeDtypeStruct`` tree).
+      optimizer_state: the optimiser state to restore too, or None for the model alone.
+
+    Returns:
+      ``(model_state, optimizer_state or None, meta)``; ``meta`` is what was saved.
+
+    Raises:
+      CheckpointDamaged: an item is missing, truncated or unreadable, or a restored
+        state does not match the checksum saved with it.
+      InputError: there is no checkpoint ``step``, or the states have other shapes than
+        the saved ones (another model or dataset).
     """
-    items = {
-      "model": ocp.args.StandardRestore(_abstract(model_state)),
-      "meta": ocp.args.JsonRestore(),
-    }
+    step = self._check_step(step)
+    targets = {"model": model_state}
     if optimizer_state is not None:
-      items["optimizer"] = ocp.args.StandardRestore(_abstract(optimizer_state))
-    out = self.manager.restore(step, args=ocp.args.Composite(**items))
-    return out["model"], out.get("optimizer") if optimizer_state is not None else None, out["meta"]
+      targets["optimizer"] = optimizer_state
+    saved = self._saved_specs(step, targets)
+    for name, target in targets.items():
+      self._check_fits(step, name, saved[name], target)
+    meta = self._read_meta(step)
+
+    def abstract(name, state):
+      # Restored in the saved dtypes (so the checksum can be checked), then cast.
+      def spec(path, s):
+        dtype = saved[name][_path_str(path)][1] or s.dtype
+        return jax.ShapeDtypeStruct(s.shape, dtype, sharding=s.sharding)
+
+      return jax.tree_util.tree_map_with_path(spec, _abstract(state))
+
+    args = {n: ocp.args.StandardRestore(abstract(n, t)) for n, t in targets.items()}
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(**args))
+    except Exception as e:  # orbax and tensorstore raise many types for damaged files
+      raise self._damaged(step, f"it cannot be read ({_one_line(e)})") from e
+    restored = {name: out[name] for name in targets}
+    expected = meta.pop(CHECKSUMS, None)
+    if expected is not None:  # Checkpoints from before checksums are not verified.
+      got = _checksums(restored)
+      for name in targets:
+        if expected.get(name) != got[name]:
+          raise self._damaged(step, f"its {name} state does not match the checksum saved with it")
+
+    def cast(state, target):
+      return jax.tree.map(
+        lambda a, t: a if a.dtype == t.dtype else a.astype(t.dtype), state, target
+      )
+
+    restored = {name: cast(restored[name], targets[name]) for name in targets}
+    return restored["model"], restored.get("optimizer"), meta
+
+  def restore_latest(self, model_state, optimizer_state=None, *, set_aside: bool = True):
+    """Restores the newest intact checkpoint, skipping damaged ones with a warning.
+
+    Walks from the newest step back; each damaged checkpoint skipped is reported on
+    stderr and, with ``set_aside`` (for training), moved to ``WORKDIR/checkpoints_damaged/``
+    once an intact one is found, so that orbax saves the steps after it again (it skips
+    saving any step not newer than its latest checkpoint).
+
+    Args:
+      model_state: the model state (or its abstract tree) to restore into.
+      optimizer_state: the optimiser state to restore too, or None.
+      set_aside: move the damaged checkpoints that were skipped out of the way.
+
+    Returns:
+      ``(step, model_state, optimizer_state or None, meta)``, or None when there is no
+      checkpoint at all.
+
+    Raises:
+      CheckpointDamaged: every checkpoint is damaged.
+      InputError: the states do not fit the saved ones (another model or dataset).
+    """
+    skipped = []
+    for step in reversed(self.all_steps()):
+      try:
+        model, optimizer, meta = self.restore(step, model_state, optimizer_state)
+      except CheckpointDamaged as e:
+        print(
+          f"warning: skipping damaged checkpoint {step} in {self.directory}: {e.reason}",
+          file=sys.stderr,
+          flush=True,
+        )
+        skipped.append(e)
+        continue
+      if skipped and set_aside:
+        self._set_aside([e.step for e in skipped])
+      return step, model, optimizer, meta
+    if skipped:
+      newest = skipped[0]
+      older = f"; so are the older ones ({[e.step for e in skipped[1:]]})" if skipped[1:] else ""
+      raise CheckpointDamaged(
+        self.directory,
+        newest.step,
+        newest.reason + older,
+        advice=f"no intact checkpoint is left: retrain (delete {self.directory} first)",
+      )
+    return None
+
+  def _set_aside(self, steps: list[int]) -> None:
+    os.makedirs(self.damaged_directory, exist_ok=True)
+    for step in steps:
+      source = os.path.join(self.directory, str(step))
+      target = os.path.join(self.damaged_directory, str(step))
+      suffix = 0
+      while os.path.exists(target):
+        suffix += 1
+        target = os.path.join(self.damaged_directory, f"{step}.{suffix}")
+      try:
+        os.rename(source, target)
+      except OSError as e:
+        raise InputError(
+          f"cannot move damaged checkpoint {source} aside ({_one_line(e)}); delete it"
+        ) from e
+      print(f"warning: moved damaged checkpoint {step} to {target}", file=sys.stderr, flush=True)
+    self.manager.reload()
 
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
 
 
-def _abstract(state):
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-
-
 def restore_model(workdir: str, epoch: int | None = None):
   """Rebuilds a trained model from its workdir alone, in eval mode.
+
+  The checkpoint is verified against its checksum. Without ``epoch``, a damaged
+  latest checkpoint is skipped with a warning on stderr for the newest intact one
+  (nothing in the workdir is changed); with ``epoch``, a damaged checkpoint raises.
 
   Args:
     workdir: a directory written by ``train.py``.
     epoch: restore the checkpoint taken at the end of this epoch; by default the
-      latest checkpoint.
+      latest intact checkpoint.
 
   Returns:
     ``(model, config, info, meta)`` where ``meta`` holds the checkpoint's ``step``
     and completed ``epoch``s.
+
+  Raises:
+    CheckpointDamaged: the checkpoint (every checkpoint, without ``epoch``) is damaged.
+    InputError: the workdir, its config.json or dataset_info.json are missing or
+      invalid, or the checkpoint holds another model than config.json names.
   """
   config = load_config(workdir)
   info = load_info(workdir)
   ckpt = Checkpointer(workdir, create=False)
   try:
-    step = ckpt.latest_step() if epoch is None else ckpt.step_of_epoch(epoch)
-    if step is None:
-      raise InputError(f"no checkpoints in {workdir!r}; train first or check --workdir")
     model = nnx.eval_shape(lambda: models.from_config(config, info, seed=0))
     graphdef, abstract_state = nnx.split(model)
-    state, _, meta = ckpt.restore(step, abstract_state)
+    if epoch is None:
+      restored = ckpt.restore_latest(abstract_state, set_aside=False)
+      if restored is None:
+        raise InputError(f"no checkpoints in {workdir!r}; train first or check --workdir")
+      _, state, _, meta = restored
+    else:
+      state, _, meta = ckpt.restore(ckpt.step_of_epoch(epoch), abstract_state)
   finally:
     ckpt.close()
   model = nnx.merge(graphdef, state)
