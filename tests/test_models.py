@@ -51,6 +51,7 @@ def test_models_lists_every_name():
     "cnn",
     "cnn_tiny",
     "lenet",
+    "lenet5",
     "resnet20",
     "resnet56",
     "resnet110",
@@ -71,6 +72,7 @@ SHAPES = [
   ("cnn", MNIST, (28, 28, 1)),
   ("cnn_tiny", MNIST, (28, 28, 1)),
   ("lenet", MNIST, (28, 28, 1)),
+  ("lenet5", MNIST, (28, 28, 1)),
   ("resnet20", CIFAR, (32, 32, 3)),
   ("resnet_tiny", CIFAR, (32, 32, 3)),
   ("resnet18", IMAGENET, (224, 224, 3)),
@@ -110,14 +112,17 @@ def test_cnn_head_is_sized_from_input_shape():
 
 # Published counts: torchvision ResNet-18/50 (1000 classes); Cohen et al.'s CIFAR ResNets
 # with option-B shortcuts (ResNet-110: 1,727,962 with option A plus 2,752 for the two
-# projections); LeNet-5's classic 61,706.
+# projections); the smoothing literature's LeNet (Caffe's: 20 and 50 5x5 convolutions,
+# 500 hidden units): 5*5*20 + 20 + 5*5*20*50 + 50 + 4*4*50*500 + 500 + 500*10 + 10;
+# LeNet-5's classic 61,706.
 PARAM_COUNTS = [
   ("resnet18", IMAGENET, 1000, 11_689_512),
   ("resnet50", IMAGENET, 1000, 25_557_032),
   ("resnet110", CIFAR, 10, 1_730_714),
   ("resnet56", CIFAR, 10, 855_770),
   ("resnet20", CIFAR, 10, 272_474),
-  ("lenet", MNIST, 10, 61_706),
+  ("lenet", MNIST, 10, 431_080),
+  ("lenet5", MNIST, 10, 61_706),
   # 3*3*32 + 2*32 + 3*3*32*64 + 2*64 + (7*7*64 + 1) * 10.
   ("cnn", MNIST, 10, 50_282),
 ]
@@ -224,6 +229,37 @@ def test_eval_mode_is_per_example_and_train_mode_is_not(name, kwargs, shape):
   train_x, train_other = _forward(model, x), _forward(model, other)
   assert np.all(np.isfinite(train_x))
   assert not np.allclose(train_x[0], train_other[0], atol=1e-4)
+
+
+def test_lenet_is_the_smoothing_literatures_lenet_with_pytorch_init():
+  # jh-jeong/smoothing-consistency code/archs/lenet.py: Conv2d(1, 20, 5), Conv2d(20, 50, 5),
+  # Linear(800, 500), Linear(500, classes), PyTorch's default U(+-1/sqrt(fan_in)) init.
+  model = _create("lenet", MNIST)
+  layers = {
+    "conv1": ((5, 5, 1, 20), 25),
+    "conv2": ((5, 5, 20, 50), 500),
+    "fc1": ((800, 500), 800),
+    "head": ((500, 10), 500),
+  }
+  for name, (shape, fan_in) in layers.items():
+    layer = getattr(model, name)
+    kernel, bias = np.asarray(layer.kernel[...]), np.asarray(layer.bias[...])
+    assert kernel.shape == shape and bias.shape == shape[-1:]
+    bound = 1 / np.sqrt(fan_in)
+    for w in (kernel, bias):
+      assert np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound, name
+    # Uniform on [-bound, bound]: variance bound^2 / 3.
+    assert abs(kernel.var() / (bound**2 / 3) - 1) < 0.2, name
+  x = _images(13, (28, 28, 1))
+  # Two valid 5x5 convolutions and two pools: 28 -> 24 -> 12 -> 8 -> 4.
+  features = nnx.max_pool(
+    nnx.relu(model.conv2(nnx.max_pool(nnx.relu(model.conv1(model.normalize(x))), (2, 2), (2, 2)))),
+    (2, 2),
+    (2, 2),
+  )
+  assert features.shape == (BATCH, 4, 4, 50)
+  with pytest.raises(InputError, match="at least 14x14"):
+    _create("lenet", MNIST | {"input_shape": (13, 13, 1)})
 
 
 def test_lenet_has_no_batch_norm_so_modes_agree():

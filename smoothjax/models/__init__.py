@@ -35,6 +35,7 @@ from smoothjax.models.cnn import (
   CNN,
   CNNTiny,
   LeNet,
+  LeNet5,
   NormalizationConstant,
   Normalize,
 )
@@ -55,6 +56,7 @@ _CONSTRUCTORS = {
   "cnn": CNN,
   "cnn_tiny": CNNTiny,
   "lenet": LeNet,
+  "lenet5": LeNet5,
   "resnet20": ResNet20,
   "resnet56": ResNet56,
   "resnet110": ResNet110,
@@ -87,8 +89,9 @@ def create(
     rngs: random streams for parameter initialisation (the ``params`` stream is used).
     dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32 and the
       logits are float32.
-    input_shape: ``(H, W, C)`` of the inputs. ``cnn``, ``cnn_tiny`` and ``lenet`` size
-      their linear head from it (default ``(28, 28, C)``); ResNets only check ``C``.
+    input_shape: ``(H, W, C)`` of the inputs. ``cnn``, ``cnn_tiny``, ``lenet`` and
+      ``lenet5`` size their linear layers from it (default ``(28, 28, C)``); ResNets
+      only check ``C``.
 
   Returns:
     An ``nnx.Module`` mapping ``(N, H, W, C)`` float images in [0, 1] to
@@ -139,6 +142,7 @@ __all__ = [
   "CNN",
   "CNNTiny",
   "LeNet",
+  "LeNet5",
   "NormalizationConstant",
   "Normalize",
   "ResNet",

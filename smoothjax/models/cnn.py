@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -176,11 +177,93 @@ class CNN(nnx.Module):
     return self.head(x.reshape(x.shape[0], -1)).astype(jnp.float32)
 
 
+def _torch_default_init(fan_in: int):
+  """PyTorch's default init of Conv2d/Linear biases: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+# PyTorch's default init of Conv2d/Linear weights, kaiming_uniform(a=sqrt(5)): also
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+torch_default_kernel_init = jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def _torch_conv(in_features, out_features, kernel, *, rngs, dtype):
+  return nnx.Conv(
+    in_features,
+    out_features,
+    (kernel, kernel),
+    padding="VALID",
+    kernel_init=torch_default_kernel_init,
+    bias_init=_torch_default_init(in_features * kernel * kernel),
+    dtype=dtype,
+    rngs=rngs,
+  )
+
+
+def _torch_linear(in_features, out_features, *, rngs, dtype):
+  return nnx.Linear(
+    in_features,
+    out_features,
+    kernel_init=torch_default_kernel_init,
+    bias_init=_torch_default_init(in_features),
+    dtype=dtype,
+    rngs=rngs,
+  )
+
+
 class LeNet(nnx.Module):
+  """The LeNet of the randomized-smoothing literature's MNIST and Fashion-MNIST results.
+
+  conv 20 5x5 'VALID' -> ReLU -> maxpool 2 -> conv 50 5x5 'VALID' -> ReLU -> maxpool 2 ->
+  fc 500 -> ReLU -> fc classes, no BatchNorm: Caffe's LeNet as ported to PyTorch in the
+  code of Jeong & Shin 2020 (consistency regularisation, ``code/archs/lenet.py`` of
+  jh-jeong/smoothing-consistency), whose MNIST baselines (Cohen-style Gaussian
+  augmentation, SmoothAdv, stability training, MACER) all train it; 431,080 parameters
+  for 10 classes on 28x28x1 inputs. Weights and biases start as PyTorch's defaults,
+  U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+  Two differences, neither of which changes what the network can represent: the
+  features are flattened in HWC rather than CHW order (permute fc1's rows to load
+  PyTorch weights), and the input is normalised first, as in every model here, where
+  that code feeds raw [0, 1] MNIST pixels (an affine map the first convolution can
+  absorb). Arguments as for :class:`CNN`.
+  """
+
+  def __init__(
+    self, num_classes: int, mean, std, *, input_shape=None, rngs: nnx.Rngs, dtype=jnp.float32
+  ):
+    self.normalize = Normalize(mean, std)
+    c = self.normalize.num_channels
+    self.input_shape = check_input_shape(input_shape, c) or (28, 28, c)
+    h, w, _ = self.input_shape
+    h, w = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
+    if h < 1 or w < 1:
+      raise InputError(f"LeNet needs inputs of at least 14x14 pixels, got {self.input_shape}")
+    self.conv1 = _torch_conv(c, 20, 5, rngs=rngs, dtype=dtype)
+    self.conv2 = _torch_conv(20, 50, 5, rngs=rngs, dtype=dtype)
+    self.fc1 = _torch_linear(h * w * 50, 500, rngs=rngs, dtype=dtype)
+    self.head = _torch_linear(500, num_classes, rngs=rngs, dtype=dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = self.normalize(x)
+    _check_spatial(x, self.input_shape)
+    x = _max_pool_2(nnx.relu(self.conv1(x)))
+    x = _max_pool_2(nnx.relu(self.conv2(x)))
+    x = nnx.relu(self.fc1(x.reshape(x.shape[0], -1)))
+    return self.head(x).astype(jnp.float32)
+
+
+class LeNet5(nnx.Module):
   """LeNet-5 (LeCun et al. 1998) with ReLU and max-pooling, no BatchNorm.
 
   conv 5x5 6 'SAME' -> ReLU -> maxpool 2 -> conv 5x5 16 'VALID' -> ReLU -> maxpool 2 ->
-  120 -> 84 -> classes. Arguments as for :class:`CNN`.
+  120 -> 84 -> classes: 61,706 parameters for 10 classes on 28x28x1 inputs. Arguments as
+  for :class:`CNN`.
   """
 
   def __init__(
@@ -192,7 +275,7 @@ class LeNet(nnx.Module):
     h, w, _ = self.input_shape
     h, w = (h // 2 - 4) // 2, (w // 2 - 4) // 2
     if h < 1 or w < 1:
-      raise InputError(f"LeNet needs inputs of at least 10x10 pixels, got {self.input_shape}")
+      raise InputError(f"LeNet5 needs inputs of at least 10x10 pixels, got {self.input_shape}")
     self.conv1 = conv(c, 6, 5, padding="SAME", use_bias=True, rngs=rngs, dtype=dtype)
     self.conv2 = conv(6, 16, 5, padding="VALID", use_bias=True, rngs=rngs, dtype=dtype)
     self.fc1 = nnx.Linear(h * w * 16, 120, dtype=dtype, rngs=rngs)
