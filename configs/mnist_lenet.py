@@ -20,8 +20,10 @@ array_record`) or from a folder of the original IDX files:
   python certify.py --workdir workdirs/mnist_lenet_s025 --outfile results/mnist_s025.tsv \
       --skip 1 --n 100000 --batch 1000
 
-Expected runtime: about 2 minutes per epoch on 2 CPU cores (3 hours for the 90 epochs);
-a few minutes on a GPU. Pass --config.num_epochs=3 for a quick run.
+Expected runtime: about 1 minute per epoch on 2 CPU cores (measured: 0.2 s per step of
+256 images, 234 steps per epoch), so about 1.5 hours for the 90 epochs; GPU not yet
+measured. Pass --config.num_epochs=3 for a quick run (on the embedded digits, 3 epochs
+reach 89% clean test accuracy).
 """
 
 import ml_collections
