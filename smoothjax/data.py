@@ -31,6 +31,7 @@ import functools
 import gzip
 import importlib.resources
 import os
+import zlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -190,8 +191,13 @@ def read_idx(path: str, ndim: int | None = None) -> np.ndarray:
   try:
     with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
       data = f.read()
-  except (OSError, EOFError) as e:
-    raise InputError(f"cannot read IDX file {path}: {e}") from None
+  except (OSError, EOFError, zlib.error) as e:
+    # gzip.BadGzipFile is an OSError; a damaged deflate stream raises zlib.error and a
+    # truncated one EOFError.
+    damaged = (
+      " (damaged or truncated download? fetch the file again)" if path.endswith(".gz") else ""
+    )
+    raise InputError(f"cannot read IDX file {path}: {e}{damaged}") from None
   if len(data) < 4 or data[0] != 0 or data[1] != 0:
     raise InputError(f"{path} is not an IDX file (bad magic number); give MNIST-format files")
   if data[2] != 0x08:
@@ -294,6 +300,14 @@ def _load_tfds(name: str, data_dir: str | None, image_size: int | None) -> Datas
   except tfds.core.DatasetNotFoundError:
     local = f"{', '.join(EMBEDDED_NAMES)} and idx (with data_dir)"
     raise InputError(f"{name!r} is not a TFDS dataset nor a local one ({local})") from None
+  except (AssertionError, ValueError) as e:
+    # An unknown version ("mnist:99.9.9") or config ("mnist/foo"): TFDS says which exist
+    # after 'Failed to construct dataset "...", builder_kwargs "...": '.
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    reason = reason.split('": ', 1)[-1].rstrip(".: ")
+    raise InputError(
+      f"cannot load TFDS dataset {name!r}: {reason}; fix the name, version or config"
+    ) from None
   features = builder.info.features
   label = features["label"] if "label" in features else None
   if "image" not in features or not hasattr(label, "num_classes"):

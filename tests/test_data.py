@@ -243,6 +243,33 @@ def test_idx_corrupt_files(tmp_path, file, edit, match):
   assert file in str(error.value) and "\n" not in str(error.value)
 
 
+def _flip_deflate_bytes(b):
+  # Inside the compressed stream (after the 10-byte gzip header): a bad deflate block
+  # (zlib.error) or a CRC mismatch (gzip.BadGzipFile).
+  middle = len(b) // 2
+  return b[:middle] + bytes(x ^ 0xFF for x in b[middle : middle + 16]) + b[middle + 16 :]
+
+
+@pytest.mark.parametrize(
+  "edit",
+  [
+    _flip_deflate_bytes,
+    lambda b: b[: len(b) // 2],  # truncated download: EOFError
+    lambda b: b"not gzip at all" + b,  # gzip.BadGzipFile
+    lambda b: b[:10] + b"\x07" * 40 + b[50:],  # invalid block type: zlib.error
+  ],
+  ids=["flipped", "truncated", "not-gzip", "bad-block"],
+)
+def test_idx_corrupt_gzip_files(tmp_path, edit):
+  _write_idx_folder(tmp_path, np.random.default_rng(4), gz=True, n_train=200)
+  _corrupt(tmp_path / "train-images-idx3-ubyte.gz", edit)
+  with pytest.raises(
+    InputError, match="cannot read IDX file .*train-images-idx3-ubyte.gz"
+  ) as error:
+    data.load(f"idx:{tmp_path}")
+  assert "\n" not in str(error.value)
+
+
 def test_idx_inconsistent_folders(tmp_path):
   _write_idx_folder(tmp_path / "a", np.random.default_rng(3))
   data.write_idx(str(tmp_path / "a" / "t10k-labels-idx1-ubyte"), np.zeros(4, np.uint8))
@@ -307,6 +334,21 @@ def test_tfds_not_prepared_and_unknown(tmp_path):
   with pytest.raises(InputError, match="not a TFDS dataset") as error:
     data.load("no_such_dataset", data_dir=str(tmp_path))
   assert "embedded_mnist" in str(error.value) and "idx" in str(error.value)
+
+
+@pytest.mark.parametrize(
+  "name, match",
+  [
+    ("mnist:99.9.9", "cannot be loaded at version 99.9.9, only: 3.0.1"),
+    ("mnist:1.0.0", "version 1.0.0"),
+    ("mnist/no_such_config", "BuilderConfig no_such_config not found"),
+  ],
+)
+def test_tfds_unknown_version_or_config(tmp_path, name, match):
+  pytest.importorskip("tensorflow_datasets")
+  with pytest.raises(InputError, match=f"cannot load TFDS dataset '{name}': .*{match}") as error:
+    data.load(name, data_dir=str(tmp_path))
+  assert "\n" not in str(error.value)
 
 
 def test_import_does_not_load_tfds():
