@@ -545,15 +545,19 @@ def _check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses to resume a workdir trained with another model, dataset or optimiser."""
   if not os.path.isfile(os.path.join(workdir, checkpointing.CONFIG_FILE)):
     return
-  saved = checkpointing.load_config(workdir)
+  saved = json.loads(checkpointing.load_config(workdir).to_json())
   clash = [f"{f}={saved.get(f)!r}" for f in _STATE_FIELDS if saved.get(f) != config.get(f)]
   if clash:
     raise InputError(
       f"{workdir} holds a run with {', '.join(clash)}; resume it with the same settings "
       "or choose a new --workdir"
     )
+  current = json.loads(config.to_json())
   changed = [
-    k for k in config if k != "num_epochs" and json.dumps(saved.get(k)) != json.dumps(config[k])
+    k
+    for k in current
+    if k != "num_epochs"
+    and json.dumps(saved.get(k), sort_keys=True) != json.dumps(current[k], sort_keys=True)
   ]
   if changed:
     print(f"note: resuming {workdir} with changed settings: {', '.join(sorted(changed))}")
