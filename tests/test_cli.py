@@ -398,7 +398,7 @@ _CERTIFY = "certify"
 BAD_INPUTS = [
   # certify.py: after --workdir={wd} --outfile={case}/sub/out.tsv and a small run's flags.
   ("workdir-missing", _CERTIFY, ["--workdir={case}/none"], "no trained run"),
-  ("workdir-is-a-file", _CERTIFY, ["--workdir={fx}/file.txt"], "no trained run"),
+  ("workdir-is-a-file", _CERTIFY, ["--workdir={fx}/file.txt"], "file.txt"),
   ("workdir-unset", _CERTIFY, ["--workdir="], "--workdir is required"),
   ("outfile-unset", _CERTIFY, ["--outfile="], "--outfile is required"),
   ("outfile-directory", _CERTIFY, ["--outfile={fx}/folder"], "is a directory"),
@@ -444,7 +444,7 @@ BAD_INPUTS = [
   ("unknown-flag", _CERTIFY, ["--foo=1"], "Unknown command line flag 'foo'"),
   ("bad-integer", _CERTIFY, ["--n=abc"], "flag --n=abc"),
   ("stray-argument", _CERTIFY, ["stray"], "unexpected arguments"),
-  ("noise-sd-negative", _CERTIFY, ["--workdir={negative_sd}"], "noise_sd = -0.5"),
+  ("noise-sd-negative", _CERTIFY, ["--workdir={negative_sd}"], "noise_sd"),
   # certify.py analyze FILE...
   ("analyze-nothing", _CERTIFY, ["analyze"], "analyze needs one or more result files"),
   ("analyze-missing", _CERTIFY, ["analyze", "{case}/none.tsv"], "does not exist"),

@@ -371,11 +371,7 @@ def test_crlf_header_is_reported_as_windows_line_endings(tmp_path):
 
 
 @pytest.mark.parametrize(
-  "make,kind",
-  [
-    (lambda p: os.mkfifo(p), "a FIFO"),
-    (lambda p: os.mkdir(p), "a directory"),
-  ],
+  "make,kind", [(os.mkfifo, "a FIFO"), (os.mkdir, "a directory")], ids=["fifo", "directory"]
 )
 def test_non_regular_files_are_refused_without_blocking(tmp_path, make, kind):
   path = tmp_path / "special"
