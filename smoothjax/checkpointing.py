@@ -72,6 +72,9 @@ class CheckpointDamaged(InputError):
 
 
 def _one_line(error: BaseException, limit: int = 200) -> str:
+  # orbax wraps TensorStore's own error (which names the array and the file) in a generic one.
+  if str(error).startswith("Encountered error while reading") and error.__cause__ is not None:
+    error = error.__cause__
   text = str(error).strip().splitlines()
   # TensorStore appends a dump of its spec to the useful part.
   text = text[0].split(" See full TensorStore details")[0] if text else ""
@@ -427,10 +430,16 @@ class Checkpointer:
       detail = f"it lacks {sorted(want.keys() - saved.keys())[0]}"
     else:
       detail = f"it has an extra {sorted(saved.keys() - want.keys())[0]}"
+    if name == "model":
+      why = (
+        f"it was trained as another model or on other data; restore it with the "
+        f"{CONFIG_FILE} and {INFO_FILE} it was trained with"
+      )
+    else:
+      why = "it was saved with another optimiser; resume with the optimiser settings it had"
     raise InputError(
       f"the {name} state of checkpoint {step} in {self.directory} does not fit the one to "
-      f"restore into ({detail}): it was trained as another model or on other data; restore "
-      f"it with the {CONFIG_FILE} and {INFO_FILE} it was trained with"
+      f"restore into ({detail}): {why}"
     )
 
   def restore(self, step: int, model_state, optimizer_state=None):
@@ -536,6 +545,15 @@ class Checkpointer:
     return None
 
   def _set_aside(self, steps: list[int]) -> None:
+    if jax.process_index() == 0:  # one process moves them on a shared filesystem
+      self._move_aside(steps)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices("smoothjax checkpoints set aside")
+    self.manager.reload()
+
+  def _move_aside(self, steps: list[int]) -> None:
     os.makedirs(self.damaged_directory, exist_ok=True)
     for step in steps:
       source = os.path.join(self.directory, str(step))
@@ -551,7 +569,6 @@ class Checkpointer:
           f"cannot move damaged checkpoint {source} aside ({_one_line(e)}); delete it"
         ) from e
       print(f"warning: moved damaged checkpoint {step} to {target}", file=sys.stderr, flush=True)
-    self.manager.reload()
 
   def close(self) -> None:
     self.manager.wait_until_finished()

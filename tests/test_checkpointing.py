@@ -29,11 +29,15 @@ STEPS = (10, 20, 30)  # one checkpoint at the end of each of epochs 1, 2 and 3
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
-def _states(seed: int):
-  """(model state, optimizer state) of a tiny CNN and its SGD optimiser."""
+def _config():
   import ml_collections
 
-  model = models.from_config(ml_collections.ConfigDict(CONFIG), INFO, seed=seed)
+  return ml_collections.ConfigDict(CONFIG)
+
+
+def _states(seed: int):
+  """(model state, optimizer state) of a tiny CNN and its SGD optimiser."""
+  model = models.from_config(_config(), INFO, seed=seed)
   optimizer = nnx.Optimizer(model, optax.sgd(0.1, momentum=0.9), wrt=nnx.Param)
   return nnx.state(model), nnx.state(optimizer)
 
@@ -377,3 +381,13 @@ def test_step_of_epoch_skips_an_unreadable_meta_with_a_warning(workdir, capsys):
     ckpt.step_of_epoch(5)
   ckpt.close()
   assert "skipping checkpoint 20" in capsys.readouterr().err
+
+
+def test_resuming_with_another_optimiser_is_refused_in_one_line(workdir):
+  model_state, _ = _states(0)
+  model = models.from_config(_config(), INFO, seed=0)
+  adam = nnx.state(nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param))
+  ckpt = checkpointing.Checkpointer(workdir)
+  with pytest.raises(InputError, match="optimizer state .* saved with another optimiser"):
+    ckpt.restore_latest(model_state, adam)
+  ckpt.close()
