@@ -54,7 +54,7 @@ from smoothjax import (
   smoothing,
 )
 from smoothjax import data as data_lib
-from smoothjax.cli.common import run_main
+from smoothjax.cli.common import run_app
 from smoothjax.errors import InputError
 
 ATTACKS = ("fgsm", "pgd")
@@ -587,7 +587,7 @@ def main(argv):
 
 def run():
   _define_flags()
-  app.run(run_main(main))
+  run_app(main)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from absl import app, flags
 
 from smoothjax import analysis, checkpointing, results
 from smoothjax.cli import attack as attack_cli
-from smoothjax.cli.common import run_main
+from smoothjax.cli.common import run_app
 from smoothjax.errors import InputError
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Trained runs to compare (from train.py).")
@@ -259,7 +259,7 @@ def main(argv):
 
 
 def run():
-  app.run(run_main(main))
+  run_app(main)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from smoothjax import parallel, training
-from smoothjax.cli.common import run_main
+from smoothjax.cli import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, config and metrics.")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -59,9 +59,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   if path:
     _check_config_file(path)
   try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    _fail(f"{e}; see --helpfull")
+    return common.parse_flags(argv)  # one line for unknown flags and bad values
   except AttributeError as e:
     # ml_collections refuses an override of a field the (locked) config lacks.
     name = re.sub(r"^[\"']+|[\"']+$", "", str(e))
@@ -78,7 +76,7 @@ def main(argv):
 
 
 def run():
-  app.run(run_main(main), flags_parser=parse_flags)
+  app.run(common.run_main(main), flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
