@@ -142,13 +142,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   )
   milestones = config.get("lr_milestones", ())
   need(
-    config.schedule != "multistep"
-    or (
-      len(milestones) > 0
-      and all(_is_int(e) and e >= 1 for e in milestones)
-      and list(milestones) == sorted(set(milestones))
-    ),
-    f"schedule 'multistep' needs lr_milestones, increasing epochs >= 1, got {milestones!r}",
+    isinstance(milestones, tuple | list)
+    and all(_is_int(e) and e >= 1 for e in milestones)
+    and list(milestones) == sorted(set(milestones))
+    and (config.schedule != "multistep" or len(milestones) > 0),
+    "lr_milestones must be increasing epochs >= 1 (schedule 'multistep' needs at least one), "
+    f"got {milestones!r}",
   )
   for name in ("nesterov", "progress"):
     need(
@@ -175,8 +174,8 @@ def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> op
   ``step`` multiplies the rate by ``lr_decay`` every ``lr_step_epochs`` epochs (Cohen
   et al.: 0.1 every 30 epochs); ``multistep`` multiplies it by ``lr_decay`` at each
   epoch of ``lr_milestones`` (MACER: 200 and 400). Their values do not depend on
-  ``num_epochs``, so a run extended with a larger ``num_epochs`` follows the same curve. ``cosine`` decays
-  to 0 over ``num_epochs`` after ``warmup_epochs`` of linear warm-up.
+  ``num_epochs``, so a run extended with a larger ``num_epochs`` follows the same curve.
+  ``cosine`` decays to 0 over ``num_epochs`` after ``warmup_epochs`` of linear warm-up.
   """
   lr = config.learning_rate
   if config.schedule == "constant":

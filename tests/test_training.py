@@ -142,6 +142,11 @@ def test_gaussian_mode_trains_on_noise_of_the_right_scale():
     ("schedule", "linear", "unknown schedule"),
     ("batch_size", 4001, "larger than the 4000 training examples"),
     ("noise_sd", 0.0, "trains under noise"),
+    ("dataset", "nosuch", "not a TFDS dataset"),
+    ("eval_split", "validation", "has no split"),
+    ("nesterov", "yes", "nesterov"),
+    ("progress", 3, "progress"),
+    ("lr_milestones", (30, 10), "lr_milestones"),
   ],
 )
 def test_invalid_config_rejected_before_writing(tmp_path, field, value, message):
@@ -250,9 +255,14 @@ def test_mid_epoch_checkpoints_resume_to_the_same_parameters(two_epoch_run, tmp_
     checkpointing.restore_model(resumed, epoch=1)  # only the last 3 checkpoints are kept
 
 
-@pytest.mark.parametrize(
-  "name", ["default", "mnist_lenet", "cifar10_resnet110", "imagenet_resnet50"]
+CONFIG_NAMES = sorted(
+  f[:-3]
+  for f in os.listdir(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs"))
+  if f.endswith(".py") and not f.startswith("_")
 )
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
 def test_every_config_is_valid(name):
   import importlib
 
