@@ -24,12 +24,14 @@ checkpoint. Checkpoints written before checksums existed are restored unverified
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import numbers
 import os
+import shutil
 import sys
 from typing import Any
 
@@ -295,6 +297,10 @@ def _leaf_specs(tree) -> dict[str, tuple[tuple[int, ...], Any]]:
   }
 
 
+# Room for orbax's metadata files beside the arrays.
+_SAVE_SLACK_BYTES = 1 << 20
+
+
 class Checkpointer:
   """orbax ``CheckpointManager`` over ``WORKDIR/checkpoints``, indexed by training step.
 
@@ -307,6 +313,7 @@ class Checkpointer:
     _check_workdir(workdir)
     self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
     self.damaged_directory = os.path.abspath(os.path.join(workdir, DAMAGED_DIR))
+    self._last_saved = None
     if os.path.exists(self.directory) and not os.path.isdir(self.directory):
       raise InputError(f"{self.directory} is a file, not a checkpoint directory; move it away")
     if not create and not os.path.isdir(self.directory):
@@ -392,14 +399,53 @@ class Checkpointer:
     """
     meta = dict(meta)
     meta[CHECKSUMS] = _checksums({"model": model_state, "optimizer": optimizer_state})
-    self.manager.save(
-      step,
-      args=ocp.args.Composite(
-        model=ocp.args.StandardSave(model_state),
-        optimizer=ocp.args.StandardSave(optimizer_state),
-        meta=ocp.args.JsonSave(meta),
-      ),
-    )
+    # orbax reports a full disk from its writer threads, each printing a traceback;
+    # checking first turns the common case into one clear error before any write.
+    need = sum(int(x.nbytes) for x in jax.tree.leaves((model_state, optimizer_state)))
+    need += _SAVE_SLACK_BYTES
+    free = shutil.disk_usage(self.directory).free
+    if free < need:
+      raise InputError(
+        f"the disk is full: checkpoint {step} needs about {need / 2**20:.1f} MiB in "
+        f"{self.directory} but {free / 2**20:.1f} MiB are free; free some space and rerun the "
+        "same command (training resumes from the last complete checkpoint)"
+      )
+    with self._writing(step):
+      self.manager.save(
+        step,
+        args=ocp.args.Composite(
+          model=ocp.args.StandardSave(model_state),
+          optimizer=ocp.args.StandardSave(optimizer_state),
+          meta=ocp.args.JsonSave(meta),
+        ),
+      )
+    self._last_saved = step
+
+  @contextlib.contextmanager
+  def _writing(self, step: int | None):
+    """Turns a failed write (a full disk, a read-only folder) into a one-line InputError.
+
+    orbax writes in background threads and reports a failure at the next save or
+    at ``wait_until_finished``; the half-written step stays in a temporary folder
+    that orbax ignores, so the previous checkpoints remain the latest intact ones.
+    """
+    try:
+      yield
+    except Exception as e:
+      text = " ".join(str(e).split())
+      which = f"checkpoint {step}" if step is not None else "a checkpoint"
+      if "No space left" in text or "os_error_code='28'" in text or "ENOSPC" in text:
+        raise InputError(
+          f"the disk is full: {which} could not be written to {self.directory}; free "
+          "some space and rerun the same command (training resumes from the last "
+          "complete checkpoint)"
+        ) from e
+      if "Permission denied" in text or "Read-only file system" in text:
+        raise InputError(
+          f"{which} could not be written to {self.directory} (permission denied or a "
+          "read-only file system); make the workdir writable and rerun"
+        ) from e
+      raise
 
   def _saved_specs(self, step: int, names) -> dict[str, dict]:
     """Paths, shapes and dtypes of the saved arrays of items ``names``."""
@@ -571,7 +617,14 @@ class Checkpointer:
       print(f"warning: moved damaged checkpoint {step} to {target}", file=sys.stderr, flush=True)
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    """Waits for the last save to be written, then closes; InputError if it failed."""
+    try:
+      with self._writing(self._last_saved):
+        self.manager.wait_until_finished()
+    except BaseException:
+      with contextlib.suppress(Exception):  # Best effort: the write error is the one to report.
+        self.manager.close()
+      raise
     self.manager.close()
 
 

@@ -391,3 +391,33 @@ def test_resuming_with_another_optimiser_is_refused_in_one_line(workdir):
   with pytest.raises(InputError, match="optimizer state .* saved with another optimiser"):
     ckpt.restore_latest(model_state, adam)
   ckpt.close()
+
+
+def test_a_full_disk_is_refused_before_writing(workdir, monkeypatch):
+  ckpt = checkpointing.Checkpointer(workdir)
+  usage = shutil.disk_usage(workdir)
+  monkeypatch.setattr(checkpointing.shutil, "disk_usage", lambda path: usage._replace(free=100_000))
+  model_state, opt_state = _states(7)
+  with pytest.raises(InputError, match="the disk is full: checkpoint 40 needs about"):
+    ckpt.save(40, model_state, opt_state, {"epoch": 4, "step": 40, "steps_per_epoch": 10})
+  ckpt.close()
+  assert checkpointing.Checkpointer(workdir, create=False).all_steps() == list(STEPS)
+
+
+def test_a_write_that_fails_in_orbax_is_one_line(workdir, monkeypatch):
+  """A disk that fills up while orbax writes: its error becomes a one-line InputError."""
+  ckpt = checkpointing.Checkpointer(workdir)
+
+  def fail(*args, **kwargs):
+    raise ValueError(
+      'RESOURCE_EXHAUSTED: Error writing "x/0" in OCDBT database: Failed to write 60220 bytes '
+      "to file 25: No space left on device [os_error_code='28']"
+    )
+
+  monkeypatch.setattr(ckpt.manager, "wait_until_finished", fail)
+  with pytest.raises(InputError, match="the disk is full: a checkpoint could not be written"):
+    ckpt.close()
+  monkeypatch.setattr(ckpt.manager, "save", fail)
+  model_state, opt_state = _states(7)
+  with pytest.raises(InputError, match="the disk is full: checkpoint 40 could not be written"):
+    ckpt.save(40, model_state, opt_state, {"epoch": 4, "step": 40, "steps_per_epoch": 10})

@@ -80,6 +80,10 @@ def run_main(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
   def wrapped(argv):
     # orbax and absl log every checkpoint operation at INFO; keep the console for progress.
     logging.set_verbosity(logging.WARNING)
+    if not _debug():
+      # orbax logs a failed background write (a full disk) with tracebacks from every
+      # writer thread; the failure reaches us as an exception and becomes one line.
+      logging.get_absl_logger().addFilter(_not_from_orbax)
     try:
       return main(argv)
     except (InputError, app.UsageError) as e:
@@ -95,6 +99,10 @@ def run_main(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
       _fail(_internal(e), INTERNAL_ERROR)
 
   return wrapped
+
+
+def _not_from_orbax(record) -> bool:
+  return "orbax" not in record.pathname.replace(os.sep, "/").split("/site-packages/")[-1][:6]
 
 
 def _internal(e: BaseException) -> str:
