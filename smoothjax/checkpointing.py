@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import numbers
@@ -36,15 +35,15 @@ import sys
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
 from smoothjax import data as data_lib
 from smoothjax import models
 from smoothjax.errors import InputError
+from smoothjax.hashing import path_str, state_checksums
+from smoothjax.hashing import state_checksum as state_checksum  # re-exported
 
 CONFIG_FILE = "config.json"
 INFO_FILE = "dataset_info.json"
@@ -217,72 +216,6 @@ def load_info(workdir: str) -> data_lib.DatasetInfo:
 
 
 # --------------------------------------------------------------------------
-# Checksums.
-
-
-def _path_str(path) -> str:
-  """A pytree path as 'a/b/0', the same for a state and for orbax's metadata of it."""
-  parts = []
-  for key in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-    else:
-      parts.append(str(key))
-  return "/".join(parts)
-
-
-def _host_arrays(states: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
-  """Host copies of every array of each state, by path, in one transfer."""
-  flat = {name: jax.tree_util.tree_flatten_with_path(state)[0] for name, state in states.items()}
-  leaves = []
-  for pairs in flat.values():
-    for _, leaf in pairs:
-      if isinstance(leaf, jax.Array):
-        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-          leaf = jax.random.key_data(leaf)
-        if not leaf.is_fully_addressable:
-          if leaf.is_fully_replicated:
-            leaf = leaf.addressable_data(0)
-          else:
-            from jax.experimental import multihost_utils
-
-            leaf = multihost_utils.process_allgather(leaf, tiled=True)
-      leaves.append(leaf)
-  host = iter(jax.device_get(leaves))
-  return {
-    name: {_path_str(path): np.asarray(next(host)) for path, _ in pairs}
-    for name, pairs in flat.items()
-  }
-
-
-def _digest(arrays: dict[str, np.ndarray]) -> str:
-  h = hashlib.sha256()
-  for path in sorted(arrays):
-    a = np.ascontiguousarray(arrays[path])
-    h.update(f"{path}\0{a.dtype.str}\0{a.shape}\0".encode())
-    h.update(a.reshape(-1).view(np.uint8).data)
-  return "sha256:" + h.hexdigest()
-
-
-def state_checksum(state) -> str:
-  """SHA-256 of a state's arrays: each one's path, dtype, shape and bytes, in path order.
-
-  Args:
-    state: a pytree of arrays (e.g. ``nnx.state(model)``), on any devices.
-
-  Returns:
-    ``"sha256:<hex digest>"``.
-  """
-  return _digest(_host_arrays({"state": state})["state"])
-
-
-def _checksums(states: dict[str, Any]) -> dict[str, str]:
-  return {name: _digest(arrays) for name, arrays in _host_arrays(states).items()}
-
-
-# --------------------------------------------------------------------------
 # The checkpoint manager.
 
 
@@ -292,9 +225,7 @@ def _abstract(state):
 
 def _leaf_specs(tree) -> dict[str, tuple[tuple[int, ...], Any]]:
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {
-    _path_str(p): (tuple(getattr(x, "shape", ())), getattr(x, "dtype", None)) for p, x in flat
-  }
+  return {path_str(p): (tuple(getattr(x, "shape", ())), getattr(x, "dtype", None)) for p, x in flat}
 
 
 # Room for orbax's metadata files beside the arrays.
@@ -398,7 +329,7 @@ class Checkpointer:
     The checksums are computed from one host copy of the states before orbax starts.
     """
     meta = dict(meta)
-    meta[CHECKSUMS] = _checksums({"model": model_state, "optimizer": optimizer_state})
+    meta[CHECKSUMS] = state_checksums({"model": model_state, "optimizer": optimizer_state})
     # orbax reports a full disk from its writer threads, each printing a traceback;
     # checking first turns the common case into one clear error before any write.
     need = sum(int(x.nbytes) for x in jax.tree.leaves((model_state, optimizer_state)))
@@ -517,7 +448,7 @@ class Checkpointer:
     def abstract(name, state):
       # Restored in the saved dtypes (so the checksum can be checked), then cast.
       def spec(path, s):
-        dtype = saved[name][_path_str(path)][1] or s.dtype
+        dtype = saved[name][path_str(path)][1] or s.dtype
         return jax.ShapeDtypeStruct(s.shape, dtype, sharding=s.sharding)
 
       return jax.tree_util.tree_map_with_path(spec, _abstract(state))
@@ -530,7 +461,7 @@ class Checkpointer:
     restored = {name: out[name] for name in targets}
     expected = meta.pop(CHECKSUMS, None)
     if expected is not None:  # Checkpoints from before checksums are not verified.
-      got = _checksums(restored)
+      got = state_checksums(restored)
       for name in targets:
         if expected.get(name) != got[name]:
           raise self._damaged(step, f"its {name} state does not match the checksum saved with it")

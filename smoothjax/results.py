@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import errno
-import hashlib
 import json
 import math
 import os
@@ -41,6 +40,10 @@ from typing import Any
 import numpy as np
 
 from smoothjax.errors import InputError
+
+# Re-exported: result files are written with them.
+from smoothjax.hashing import fingerprint as fingerprint
+from smoothjax.hashing import input_hashes as input_hashes
 
 CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time")
@@ -233,59 +236,6 @@ def format_value(column: str, value: Any) -> str:
       raise ValueError(f"column {column!r}: value {value!r} contains a tab or newline")
     return value
   raise ValueError(f"column {column!r}: cannot write a value of type {type(value).__name__}")
-
-
-def input_hashes(images, labels) -> list[str]:
-  """One short digest per input: SHA-256 of its label, shape, dtype and bytes, 16 hex digits.
-
-  Written beside each result row (column :data:`INPUT_HASH_COLUMN`), so a
-  resumed run can check that every row already in a file was computed from
-  the input that the dataset holds now at that index.
-
-  Args:
-    images: array ``(B, ...)`` of inputs.
-    labels: array ``(B,)`` of integer labels.
-
-  Returns:
-    ``B`` strings.
-  """
-  images = np.ascontiguousarray(np.asarray(images))
-  labels = np.asarray(labels).astype(np.int64)
-  if len(images) != len(labels):
-    raise ValueError(f"{len(images)} images but {len(labels)} labels")
-  head = f"{images.dtype.str}{images.shape[1:]}".encode()
-  out = []
-  for image, label in zip(images, labels, strict=True):
-    h = hashlib.sha256(head)
-    h.update(label.tobytes())
-    h.update(image.tobytes())
-    out.append(h.hexdigest()[:16])
-  return out
-
-
-def fingerprint(tree) -> str:
-  """SHA-256 of every array in a pytree (paths, dtypes, shapes and bytes), in path order.
-
-  ``fingerprint(nnx.state(model))`` identifies a model's parameters and
-  statistics: a retrained or replaced checkpoint gives another value.
-
-  Args:
-    tree: a pytree of arrays (JAX, NumPy or scalars), e.g. ``nnx.state(model)``.
-
-  Returns:
-    ``"sha256:"`` followed by 64 hex digits.
-  """
-  import jax  # Only this function needs JAX.
-
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  h = hashlib.sha256()
-  for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
-    if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-      leaf = jax.random.key_data(leaf)
-    array = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
-    h.update(f"{jax.tree_util.keystr(path)}:{array.dtype.str}:{array.shape};".encode())
-    h.update(array.tobytes())
-  return "sha256:" + h.hexdigest()
 
 
 # --------------------------------------------------------------------------
