@@ -1,57 +1,66 @@
 """Checkpoints in a workdir: orbax saves, resume, integrity, and restore for evaluation.
 
-A workdir holds everything needed to use a trained model without the original
-command line::
+Checkpoints live beside the run files of :mod:`smoothjax.workdir`::
 
-  WORKDIR/config.json         the run's ml_collections config
-  WORKDIR/dataset_info.json   classes, image shape and normalisation constants
   WORKDIR/checkpoints/<step>/{model,optimizer,meta}    orbax checkpoints
   WORKDIR/checkpoints_damaged/<step>    damaged checkpoints set aside on resume
-  WORKDIR/metrics.jsonl       one line of metrics per epoch
 
 Model and optimiser states are saved as separate items so evaluation restores
 the model alone.
 
 Integrity: each checkpoint's ``meta`` item records a SHA-256 checksum of the model
-state and of the optimiser state (:func:`state_checksum`: every array's path,
-dtype, shape and bytes, in sorted path order), computed from host copies before
-orbax's asynchronous save starts. :meth:`Checkpointer.restore` verifies the items
-it restores and raises :class:`CheckpointDamaged`, naming the step and the
-directory, when a checksum does not match or an item is missing, truncated or
-unreadable; :meth:`Checkpointer.restore_latest` falls back to the newest intact
-checkpoint. Checkpoints written before checksums existed are restored unverified.
+state and of the optimiser state (:func:`smoothjax.hashing.state_checksum`: every
+array's path, dtype, shape and bytes, in sorted path order), computed from host
+copies before orbax's asynchronous save starts. :meth:`Checkpointer.restore`
+verifies the items it restores and raises :class:`CheckpointDamaged`, naming the
+step and the directory, when a checksum does not match or an item is missing,
+truncated or unreadable; :meth:`Checkpointer.restore_latest` falls back to the
+newest intact checkpoint. Checkpoints written before checksums existed are
+restored unverified.
+
+The run files' names and readers (``CONFIG_FILE``, ``load_config``, ...) are
+re-exported from :mod:`smoothjax.workdir`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
-import math
-import numbers
 import os
 import shutil
 import sys
 from typing import Any
 
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from smoothjax import data as data_lib
 from smoothjax import models
-from smoothjax.errors import InputError
+from smoothjax.errors import InputError, one_line
 from smoothjax.hashing import path_str, state_checksums
-from smoothjax.hashing import state_checksum as state_checksum  # re-exported
 
-CONFIG_FILE = "config.json"
-INFO_FILE = "dataset_info.json"
+# Imported `as` themselves: re-exported from their homes, hashing.py and workdir.py.
+from smoothjax.hashing import state_checksum as state_checksum
+from smoothjax.workdir import CONFIG_FILE as CONFIG_FILE
+from smoothjax.workdir import INFO_FILE as INFO_FILE
+from smoothjax.workdir import check_workdir
+from smoothjax.workdir import load_config as load_config
+from smoothjax.workdir import load_info as load_info
+from smoothjax.workdir import save_json as save_json
+from smoothjax.workdir import save_run_files as save_run_files
+
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "checkpoints_damaged"
 # The key of the meta item that holds the checksums; restore hands meta back without it.
 CHECKSUMS = "checksums"
 _STATE_ITEMS = ("model", "optimizer")
+
+
+def _one_line(error: BaseException) -> str:
+  # orbax wraps TensorStore's own error (which names the array and the file) in a generic one.
+  if str(error).startswith("Encountered error while reading") and error.__cause__ is not None:
+    error = error.__cause__
+  # TensorStore appends a dump of its spec to the useful part.
+  return one_line(error, drop_from=" See full TensorStore details")
 
 
 class CheckpointDamaged(InputError):
@@ -70,149 +79,6 @@ class CheckpointDamaged(InputError):
     self.reason = reason
     advice = advice or "restore an older checkpoint (another epoch) or retrain"
     super().__init__(f"checkpoint {step} in {directory} is damaged: {reason}; {advice}")
-
-
-def _one_line(error: BaseException, limit: int = 200) -> str:
-  # orbax wraps TensorStore's own error (which names the array and the file) in a generic one.
-  if str(error).startswith("Encountered error while reading") and error.__cause__ is not None:
-    error = error.__cause__
-  text = str(error).strip().splitlines()
-  # TensorStore appends a dump of its spec to the useful part.
-  text = text[0].split(" See full TensorStore details")[0] if text else ""
-  text = f"{type(error).__name__}: {text}" if text else type(error).__name__
-  return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# --------------------------------------------------------------------------
-# Run files: config.json and dataset_info.json.
-
-
-def _check_workdir(workdir: str) -> None:
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise InputError(f"workdir {workdir} is a file, not a directory; pass the run's directory")
-
-
-def save_json(path: str, obj: Any) -> None:
-  """Writes JSON atomically (temporary file, then rename)."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
-
-
-def save_run_files(workdir: str, config: ml_collections.ConfigDict, info: data_lib.DatasetInfo):
-  """Saves the config and the dataset description beside the checkpoints."""
-  _check_workdir(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  save_json(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json()))
-  save_json(os.path.join(workdir, INFO_FILE), dataclasses.asdict(info))
-
-
-def _read_json(path: str, fix: str):
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise InputError(f"cannot read {path} as JSON ({_one_line(e)}); {fix}") from None
-
-
-def _is_real(value) -> bool:
-  return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_count(value, least: int) -> bool:
-  return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The run's config from ``WORKDIR/config.json``, with the fields evaluation needs checked.
-
-  Args:
-    workdir: a directory written by ``train.py``.
-
-  Returns:
-    The config. ``model`` names a known model, ``dataset`` is a non-empty string and
-    ``noise_sd`` a finite number >= 0; anything else raises InputError.
-  """
-  _check_workdir(workdir)
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(path):
-    raise InputError(
-      f"no trained run in {workdir!r} ({CONFIG_FILE} missing); train one with "
-      f"python train.py --config configs/default.py --workdir {workdir}"
-    )
-  fix = "restore the config.json that train.py wrote, or retrain"
-  raw = _read_json(path, fix)
-  if not isinstance(raw, dict):
-    raise InputError(f"{path} holds a JSON {type(raw).__name__}, not a config object; {fix}")
-  problems = []
-  if "model" not in raw:
-    problems.append("it lacks 'model'")
-  elif raw["model"] not in models.MODELS:
-    problems.append(f"'model' is {raw['model']!r}, not one of {', '.join(models.MODELS)}")
-  if not (isinstance(raw.get("dataset"), str) and raw["dataset"]):
-    problems.append(f"'dataset' must be a dataset name, got {raw.get('dataset')!r}")
-  if not (_is_real(raw.get("noise_sd")) and raw["noise_sd"] >= 0):
-    problems.append(f"'noise_sd' must be a number >= 0, got {raw.get('noise_sd')!r}")
-  if not isinstance(raw.get("data_dir", ""), str):
-    problems.append(f"'data_dir' must be a string, got {raw['data_dir']!r}")
-  if problems:
-    raise InputError(f"{path} is not a valid run config: {problems[0]}; {fix}")
-  return ml_collections.ConfigDict(raw)
-
-
-def load_info(workdir: str) -> data_lib.DatasetInfo:
-  """The dataset description from ``WORKDIR/dataset_info.json``, checked field by field."""
-  _check_workdir(workdir)
-  path = os.path.join(workdir, INFO_FILE)
-  fix = "restore the dataset_info.json that train.py wrote, or retrain"
-  if not os.path.isfile(path):
-    raise InputError(f"{path} is missing; {fix}")
-  raw = _read_json(path, fix)
-  fields = [f.name for f in dataclasses.fields(data_lib.DatasetInfo)]
-  if not isinstance(raw, dict):
-    raise InputError(f"{path} holds a JSON {type(raw).__name__}, not a dataset description; {fix}")
-  missing = [f for f in fields if f not in raw]
-  if missing:
-    raise InputError(f"{path} lacks {', '.join(missing)}; {fix}")
-  shape, mean, std, sizes = raw["image_shape"], raw["mean"], raw["std"], raw["split_sizes"]
-  checks = [
-    (isinstance(raw["name"], str), "'name' must be a string"),
-    (_is_count(raw["num_classes"], 1), "'num_classes' must be an integer >= 1"),
-    (
-      isinstance(shape, list) and len(shape) == 3 and all(_is_count(d, 1) for d in shape),
-      "'image_shape' must be [height, width, channels], positive integers",
-    ),
-    (
-      isinstance(mean, list) and mean and all(_is_real(v) for v in mean),
-      "'mean' must be a list of numbers, one per channel",
-    ),
-    (
-      isinstance(std, list) and std and all(_is_real(v) and v > 0 for v in std),
-      "'std' must be a list of positive numbers, one per channel",
-    ),
-    (
-      isinstance(sizes, dict) and all(_is_count(v, 0) for v in sizes.values()),
-      "'split_sizes' must map split names to example counts",
-    ),
-  ]
-  for ok, problem in checks:
-    if not ok:
-      raise InputError(f"{path}: {problem}; {fix}")
-  if not len(mean) == len(std) == shape[2]:
-    raise InputError(
-      f"{path}: 'mean' and 'std' must have one value per channel of 'image_shape' "
-      f"{shape}, got {len(mean)} and {len(std)}; {fix}"
-    )
-  return data_lib.DatasetInfo(
-    name=raw["name"],
-    num_classes=raw["num_classes"],
-    image_shape=tuple(shape),
-    mean=tuple(mean),
-    std=tuple(std),
-    split_sizes=dict(sizes),
-  )
 
 
 # --------------------------------------------------------------------------
@@ -241,7 +107,7 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str, *, keep: int = 3, create: bool = True):
-    _check_workdir(workdir)
+    check_workdir(workdir)
     self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
     self.damaged_directory = os.path.abspath(os.path.join(workdir, DAMAGED_DIR))
     self._last_saved = None

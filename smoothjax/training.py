@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from smoothjax import augment, checkpointing, locks, models, modes, parallel
 from smoothjax import data as data_lib
+from smoothjax import workdir as workdir_lib
 from smoothjax.errors import InputError
 
 MODES = modes.MODES
@@ -407,7 +408,7 @@ def _train(config, workdir, dataset, train_split, test_split, steps_per_epoch, m
       print(
         f"resuming from step {start_step} (epoch {start_step / steps_per_epoch:.2f}) in {workdir}"
       )
-    checkpointing.save_run_files(workdir, config, dataset.info)
+    workdir_lib.save_run_files(workdir, config, dataset.info)
     return _loop(
       config,
       workdir,
@@ -542,9 +543,9 @@ _STATE_FIELDS = ("model", "dataset", "optimizer")
 
 def _check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses to resume a workdir trained with another model, dataset or optimiser."""
-  if not os.path.isfile(os.path.join(workdir, checkpointing.CONFIG_FILE)):
+  if not os.path.isfile(os.path.join(workdir, workdir_lib.CONFIG_FILE)):
     return
-  saved = json.loads(checkpointing.load_config(workdir).to_json())
+  saved = json.loads(workdir_lib.load_config(workdir).to_json())
   clash = [f"{f}={saved.get(f)!r}" for f in _STATE_FIELDS if saved.get(f) != config.get(f)]
   if clash:
     raise InputError(
