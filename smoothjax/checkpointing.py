@@ -18,8 +18,8 @@ truncated or unreadable; :meth:`Checkpointer.restore_latest` falls back to the
 newest intact checkpoint. Checkpoints written before checksums existed are
 restored unverified.
 
-The run files' names and readers (``CONFIG_FILE``, ``load_config``, ...) are
-re-exported from :mod:`smoothjax.workdir`.
+The run files' names and readers (``CONFIG_FILE``, ``load_config``, ...) live in
+:mod:`smoothjax.workdir` and are offered here too (``__all__``).
 """
 
 from __future__ import annotations
@@ -36,17 +36,34 @@ from flax import nnx
 
 from smoothjax import models
 from smoothjax.errors import InputError, one_line
-from smoothjax.hashing import path_str, state_checksums
+from smoothjax.hashing import path_str, state_checksum, state_checksums
+from smoothjax.workdir import (
+  CONFIG_FILE,
+  INFO_FILE,
+  check_workdir,
+  load_config,
+  load_info,
+  save_json,
+  save_run_files,
+)
 
-# Imported `as` themselves: re-exported from their homes, hashing.py and workdir.py.
-from smoothjax.hashing import state_checksum as state_checksum
-from smoothjax.workdir import CONFIG_FILE as CONFIG_FILE
-from smoothjax.workdir import INFO_FILE as INFO_FILE
-from smoothjax.workdir import check_workdir
-from smoothjax.workdir import load_config as load_config
-from smoothjax.workdir import load_info as load_info
-from smoothjax.workdir import save_json as save_json
-from smoothjax.workdir import save_run_files as save_run_files
+# The run files' names and readers (workdir.py) and the checksum (hashing.py) are
+# offered here too, where they were first.
+__all__ = [
+  "CHECKPOINT_DIR",
+  "CHECKSUMS",
+  "CONFIG_FILE",
+  "DAMAGED_DIR",
+  "INFO_FILE",
+  "CheckpointDamaged",
+  "Checkpointer",
+  "load_config",
+  "load_info",
+  "restore_model",
+  "save_json",
+  "save_run_files",
+  "state_checksum",
+]
 
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "checkpoints_damaged"
