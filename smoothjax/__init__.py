@@ -2,9 +2,10 @@
 
 The pure core (``noise``, ``stats``, ``smoothing``, ``losses``, ``attacks``)
 works on any ``logits_fn(inputs) -> logits``; ``data``, ``models``, ``modes``,
-``training``, ``checkpointing`` and ``parallel`` train and restore base
-classifiers; ``results``, ``locks``, ``analysis`` and ``pictures`` write, read,
-summarise and plot certificates and attacks.
+``optim``, ``training``, ``workdir``, ``checkpointing`` and ``parallel`` train and
+restore base classifiers; ``results``, ``result_reader``, ``outputs``, ``locks``,
+``analysis`` and ``pictures`` write, read, summarise and plot certificates and
+attacks; ``hashing`` fingerprints models, checkpoints and inputs.
 """
 
 from smoothjax import (
@@ -13,17 +14,22 @@ from smoothjax import (
   checkpointing,
   data,
   errors,
+  hashing,
   locks,
   losses,
   models,
   modes,
   noise,
+  optim,
+  outputs,
   parallel,
   pictures,
+  result_reader,
   results,
   smoothing,
   stats,
   training,
+  workdir,
 )
 from smoothjax.errors import InputError
 from smoothjax.noise import Gaussian
@@ -42,17 +48,22 @@ __all__ = [
   "checkpointing",
   "data",
   "errors",
+  "hashing",
   "locks",
   "losses",
   "models",
   "modes",
   "noise",
+  "optim",
+  "outputs",
   "parallel",
   "pictures",
   "predict",
   "predict_batch",
+  "result_reader",
   "results",
   "smoothing",
   "stats",
   "training",
+  "workdir",
 ]
