@@ -35,6 +35,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+
+# The papers' per-sigma settings: MACER uses lambda 12 at sigma 0.25 and 4 above.
+def _overrides(mode: str, sigma: float) -> list[str]:
+  if mode == "macer" and sigma >= 0.5:
+    return ["--config.macer.lbd=4.0"]
+  return []
+
+
 CONFIGS = {
   "gaussian": "configs/default.py",
   "smoothadv": "configs/embedded_smoothadv.py",
@@ -67,6 +75,7 @@ def certify_part(args):
             f"--config.noise_sd={sigma}",
             f"--config.seed={seed}",
             "--config.progress=False",
+            *_overrides(mode, sigma),
           ]
         )
         t0 = time.time()

@@ -35,7 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
     dict(m=2, eps=0.25, steps=2, step_size=0.0, warmup_epochs=10)
   )  # step_size 0: 2 * eps / steps; eps grows linearly over warmup_epochs
   config.consistency = ml_collections.ConfigDict(dict(m=2, lbd=10.0, eta=0.5))
-  config.macer = ml_collections.ConfigDict(dict(m=16, beta=16.0, gamma=8.0, lbd=12.0))
+  config.macer = ml_collections.ConfigDict(
+    dict(m=16, beta=16.0, gamma=8.0, lbd=12.0, warmup_epochs=0)
+  )  # warmup_epochs > 0: lbd ramps up linearly over those epochs
   # Optimisation.
   config.num_epochs = 6
   config.batch_size = 64

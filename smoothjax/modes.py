@@ -257,7 +257,10 @@ def _consistency(config, noise) -> LossFn:
   return loss_fn
 
 
-MACER_DEFAULTS = {"m": 16, "beta": 16.0, "gamma": 8.0, "lbd": 12.0}
+# warmup_epochs > 0 (not in the paper) ramps lbd linearly from 0 over the first epochs:
+# from scratch, the radius term's large gradients can drive a small model to confident
+# wrong predictions, where -log(G_y + 1e-10) no longer has a gradient to recover with.
+MACER_DEFAULTS = {"m": 16, "beta": 16.0, "gamma": 8.0, "lbd": 12.0, "warmup_epochs": 0}
 
 
 def _macer(config, noise) -> LossFn:
@@ -271,12 +274,13 @@ def _macer(config, noise) -> LossFn:
   beta = _number(s, "beta", low=0, low_open=True)
   gamma = _number(s, "gamma", low=0)
   lbd = _number(s, "lbd", low=0)
+  warmup = _number(s, "warmup_epochs", low=0, integer=True)
 
   def loss_fn(model, key, images, labels, epoch):
-    del epoch
     logits = _noisy_copies(model, key, images, noise, m)
+    weight = lbd if warmup == 0 else lbd * jnp.minimum(1.0, epoch / warmup).astype(logits.dtype)
     loss, aux = losses.macer_loss(
-      logits, labels, sigma=noise.sigma, beta=beta, gamma=gamma, lbd=lbd
+      logits, labels, sigma=noise.sigma, beta=beta, gamma=gamma, lbd=weight
     )
     return loss, {"accuracy": _accuracy(logits, labels[None]), **aux}
 

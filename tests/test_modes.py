@@ -140,6 +140,7 @@ def test_attacks_in_training_use_eval_mode_and_leave_batch_statistics_alone(batc
     ("macer", "beta", 0.0, "macer.beta"),
     ("macer", "gamma", -1.0, "macer.gamma"),
     ("macer", "m", 0, "macer.m"),
+    ("macer", "warmup_epochs", -1, "macer.warmup_epochs"),
   ],
 )
 def test_bad_mode_settings_are_refused_before_writing(tmp_path, section, key, value, message):
@@ -198,3 +199,26 @@ def test_every_mode_steps_the_same_on_8_devices_as_on_1():
   assert [ln[1] for ln in lines] == ALL_MODES
   for _, mode, worst, dloss in lines:
     assert float(worst) < 1e-4 and float(dloss) < 1e-4, (mode, worst, dloss)
+
+
+def test_macer_warmup_ramps_the_radius_term_from_zero():
+  """With warmup_epochs = 2 the loss is the plain soft smoothed CE in epoch 0, half in 1."""
+  images = np.full((4, 28, 28, 1), 0.5, np.float32)
+  labels = np.array([0, 1, 2, 3], np.int32)
+  base = jax.random.normal(jax.random.key(3), (1, 10))
+
+  def model(x):
+    return jnp.tile(base, (x.shape[0], 1)) + 0.1 * x.reshape(x.shape[0], -1)[:, :10]
+
+  def loss(warmup, epoch, lbd=12.0):
+    config = mode_config("macer", noise_sd=0.25)
+    config.macer.warmup_epochs = warmup
+    config.macer.lbd = lbd
+    return modes.build(config)(model, jax.random.key(0), images, labels, epoch)
+
+  full, aux = loss(0, 0)
+  plain, _ = loss(0, 0, lbd=0.0)
+  assert float(aux["robustness"]) > 0 and float(full) > float(plain)
+  assert float(loss(2, 0)[0]) == pytest.approx(float(plain), rel=1e-6)
+  assert float(loss(2, 1)[0]) == pytest.approx((float(full) + float(plain)) / 2, rel=1e-5)
+  assert float(loss(2, 5)[0]) == pytest.approx(float(full), rel=1e-6)
