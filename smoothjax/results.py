@@ -66,6 +66,7 @@ from smoothjax.result_reader import (
 # The whole of a result file, from its digests to its reading, is offered here;
 # hashing, output paths and reading live in their own modules.
 __all__ = [
+  "check_inputs_unchanged",
   "ABSTAIN",
   "CERTIFY_COLUMNS",
   "INPUT_HASH_COLUMN",
@@ -423,3 +424,45 @@ def _empty_results(path: str, columns: Sequence[str]) -> Results:
     extra=extra,
     path=path,
   )
+
+
+_HASH_CHUNK = 256
+
+
+def check_inputs_unchanged(existing: Results | None, split, path: str, split_name: str) -> None:
+  """Refuses to resume a result file whose rows were computed from other inputs.
+
+  Re-hashes the input of every row already in ``path`` (its ``input_hash`` column)
+  from ``split`` as it is now, so a dataset whose files were changed or replaced
+  since is never mixed into one file.
+
+  Args:
+    existing: the rows already in the file (``ResultWriter.existing``), or None.
+    split: the dataset split, with ``get(indices) -> (images, labels)`` and ``len``.
+    path: the result file, for the message.
+    split_name: the split's name, for the message.
+
+  Raises:
+    InputError: a row's input is missing from the split or hashes differently.
+  """
+  if existing is None or not len(existing):
+    return
+  hashes = existing.extra[INPUT_HASH_COLUMN]
+  too_far = existing.idx >= len(split)
+  if too_far.any():
+    raise InputError(
+      f"{path} has a row for input {int(existing.idx[too_far][0])} but split "
+      f"{split_name!r} has {len(split)} inputs, so the dataset changed; write into "
+      "another --outfile"
+    )
+  for start in range(0, len(existing), _HASH_CHUNK):
+    idx = existing.idx[start : start + _HASH_CHUNK]
+    images, labels = split.get(idx)
+    now = input_hashes(images, labels)
+    for i, before, after in zip(idx, hashes[start : start + _HASH_CHUNK], now, strict=True):
+      if before != after:
+        raise InputError(
+          f"input {int(i)} of split {split_name!r} is not the one its row in {path} was "
+          "computed from (the dataset's files were changed or replaced); write into another "
+          "--outfile"
+        )

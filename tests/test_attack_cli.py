@@ -105,6 +105,7 @@ def test_output_columns_and_settings(pgd_and_fgsm, workdir):
     "predict_eps1.5",
     "correct_eps1.5",
     "time",
+    "input_hash",
   ]
   res = results.read_results(pgd)
   np.testing.assert_array_equal(res.idx, np.arange(0, 1000, 25))
@@ -173,6 +174,33 @@ def test_resume_after_a_kill_gives_the_same_file(workdir, pgd_and_fgsm, tmp_path
   )
   assert "resuming: 7 of 40" in out.stdout
   assert rows_without_time(part) == rows_without_time(pgd)
+
+
+def test_resume_refuses_rows_of_other_inputs(workdir, pgd_and_fgsm, tmp_path):
+  """A row whose input hash differs from the input now at its index (changed data)."""
+  pgd, *_ = pgd_and_fgsm
+  copy = tmp_path / "changed.tsv"
+  lines = pgd.read_text().splitlines(keepends=True)
+  cells = lines[3].rstrip("\n").split("\t")
+  cells[-1] = "0" * len(cells[-1])
+  lines[3] = "\t".join(cells) + "\n"
+  copy.write_text("".join(lines[:10]))
+  (tmp_path / "changed.tsv.settings.json").write_text(
+    (pgd.parent / "pgd.tsv.settings.json").read_text()
+  )
+  before = copy.read_text()
+  proc = run(
+    "attack.py",
+    f"--workdir={workdir}",
+    f"--outfile={copy}",
+    *INPUTS,
+    EPS,
+    "--steps=10",
+    check=False,
+  )
+  idx = lines[3].split("\t")[0]
+  assert_one_line_error(proc, f"input {idx} of split 'test' is not the one")
+  assert copy.read_text() == before
 
 
 def test_8_devices_write_the_same_file(workdir, tmp_path):

@@ -3,7 +3,8 @@
 Attack the base classifier (cross-entropy loss) of every input of the test split
 and write one TSV row per input: ``idx label predict correct`` (clean
 prediction), then ``predict_eps{eps} correct_eps{eps}`` for each eps, then
-``time``. Rerunning the same command resumes where it stopped::
+``time input_hash`` (a hash of the input, checked when resuming). Rerunning the
+same command resumes where it stopped::
 
   python attack.py --workdir workdirs/demo --outfile results/pgd_l2.tsv \
       --norm l2 --eps 0.25,0.5,1.0 --attack pgd --steps 20 --examples results/pgd_l2.png
@@ -107,7 +108,12 @@ def eps_name(eps: float) -> str:
 def columns(eps_list: Sequence[float]) -> tuple[str, ...]:
   """The output columns for radii ``eps_list``."""
   per_eps = [(f"predict_eps{eps_name(e)}", f"correct_eps{eps_name(e)}") for e in eps_list]
-  return (*results.PREDICT_COLUMNS[:-1], *[c for pair in per_eps for c in pair], "time")
+  return (
+    *results.PREDICT_COLUMNS[:-1],
+    *[c for pair in per_eps for c in pair],
+    "time",
+    results.INPUT_HASH_COLUMN,
+  )
 
 
 def summarize(path: str | os.PathLike) -> dict:
@@ -479,6 +485,7 @@ def run_attack(o: Options) -> dict:
   hints = {"model": "the checkpoint was retrained or replaced since the file was written"}
   # The writer opens (and resumes) the file only once the lock is held.
   with lock, results.ResultWriter(o.outfile, columns(o.eps), settings=settings, hints=hints) as w:
+    results.check_inputs_unchanged(w.existing, split, o.outfile, o.split)
     todo = np.array([i for i in indices if int(i) not in w.done], dtype=np.int64)
     if len(todo) < len(indices):
       print(f"resuming: {len(indices) - len(todo)} of {len(indices)} inputs already in {o.outfile}")
@@ -486,8 +493,9 @@ def run_attack(o: Options) -> dict:
       for start in range(0, len(todo), evaluate.size):
         idx = todo[start : start + evaluate.size]
         t0 = time.time()
-        _, labels, clean_pred, adv_preds, _ = evaluate(idx)
+        images, labels, clean_pred, adv_preds, _ = evaluate(idx)
         elapsed = (time.time() - t0) / len(idx)
+        hashes = results.input_hashes(images, labels)
         for row, (i, label) in enumerate(zip(idx, labels, strict=True)):
           out = {"idx": int(i), "label": int(label), "predict": int(clean_pred[row])}
           out["correct"] = int(out["predict"] == int(label))
@@ -495,6 +503,7 @@ def run_attack(o: Options) -> dict:
             out[f"predict_eps{eps_name(eps)}"] = int(adv_preds[j, row])
             out[f"correct_eps{eps_name(eps)}"] = int(adv_preds[j, row] == int(label))
           out["time"] = elapsed
+          out[results.INPUT_HASH_COLUMN] = hashes[row]
           w.write(out)
         bar.update(len(idx))
 

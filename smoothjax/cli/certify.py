@@ -70,7 +70,6 @@ _MAX_RADIUS = flags.DEFINE_float("max_radius", None, "Largest radius in table an
 # Forward passes that one vote-counting call can index (smoothing counts them in int32).
 _MAX_PASSES_PER_CALL = 2**31 - 1
 # Inputs hashed per read when checking the rows of a resumed file.
-_HASH_CHUNK = 256
 _NOISE = "gaussian"
 
 _CERTIFY_ONLY = (
@@ -206,31 +205,6 @@ def _select(num_inputs: int) -> np.ndarray:
   return indices
 
 
-def _check_rows_inputs(existing: results.Results, split, outfile: str) -> None:
-  """Refuses to resume a file whose rows were computed from other inputs than the split holds."""
-  if existing is None or not len(existing):
-    return
-  hashes = existing.extra[results.INPUT_HASH_COLUMN]
-  too_far = existing.idx >= len(split)
-  if too_far.any():
-    raise InputError(
-      f"{outfile} has a row for input {int(existing.idx[too_far][0])} but split "
-      f"{_SPLIT.value!r} has {len(split)} inputs, so the dataset changed; certify into "
-      "another --outfile"
-    )
-  for start in range(0, len(existing), _HASH_CHUNK):
-    idx = existing.idx[start : start + _HASH_CHUNK]
-    images, labels = split.get(idx)
-    now = results.input_hashes(images, labels)
-    for i, before, after in zip(idx, hashes[start : start + _HASH_CHUNK], now, strict=True):
-      if before != after:
-        raise InputError(
-          f"input {int(i)} of split {_SPLIT.value!r} is not the one its row in {outfile} was "
-          "computed from (the dataset's files were changed or replaced); certify into another "
-          "--outfile"
-        )
-
-
 def certify_main():
   _check_certify_flags(jax.device_count())
   outfile = _OUTFILE.value
@@ -275,7 +249,7 @@ def certify_main():
     os.makedirs(parent, exist_ok=True)
   with locks.exclusive(results.lock_path(outfile), f"--outfile {outfile}"):
     with results.ResultWriter(outfile, columns, settings=settings, hints=hints) as writer:
-      _check_rows_inputs(writer.existing, split, outfile)
+      results.check_inputs_unchanged(writer.existing, split, outfile, _SPLIT.value)
       _run(model, split, indices, writer, noise_dist, predict_mode)
     if predict_mode:
       res = results.read_results(outfile)
