@@ -270,36 +270,31 @@ def _train(config, workdir, dataset, train_split, test_split, steps_per_epoch, m
         f"resuming from step {start_step} (epoch {start_step / steps_per_epoch:.2f}) in {workdir}"
       )
     workdir_lib.save_run_files(workdir, config, dataset.info)
-    return _loop(
-      config,
-      workdir,
-      trainer,
-      ckpt,
-      state,
-      start_step,
-      partial,
-      test_split,
-      train_split,
-      steps_per_epoch,
-      mesh,
-    )
+    run = _Run(config, workdir, trainer, ckpt, train_split, test_split, steps_per_epoch, mesh)
+    return _loop(run, state, start_step, partial)
   finally:
     ckpt.close()
 
 
-def _loop(
-  config,
-  workdir,
-  trainer,
-  ckpt,
-  state,
-  start_step,
-  partial,
-  test_split,
-  train_split,
-  steps_per_epoch,
-  mesh,
-) -> dict:
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """What the epoch loop works with, fixed for the whole run."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  trainer: Trainer
+  ckpt: checkpointing.Checkpointer
+  train_split: data_lib.Split
+  test_split: data_lib.Split
+  steps_per_epoch: int
+  mesh: jax.sharding.Mesh
+
+
+def _loop(run: _Run, state, start_step: int, partial: Mapping | None) -> dict:
+  """The epochs from ``start_step`` on; ``partial``: the resumed epoch's metric sums."""
+  config, workdir, trainer, ckpt = run.config, run.workdir, run.trainer, run.ckpt
+  steps_per_epoch, mesh = run.steps_per_epoch, run.mesh
+  train_split, test_split = run.train_split, run.test_split
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   history = _read_history(metrics_path, upto_epoch=start_step // steps_per_epoch)
   train_key = jax.random.fold_in(jax.random.key(config.seed), 0)

@@ -39,3 +39,35 @@ def run_with_devices(code: str, num_devices: int = 8, timeout: float = 600) -> s
   if proc.returncode != 0:
     pytest.fail(f"child process failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
   return proc.stdout
+
+
+def run(script: str, *args, check: bool = True, devices: int = 1):
+  """Runs one of the programs (``train.py``, ``certify.py``, ...) as a user would.
+
+  Returns the completed process; fails the calling test with its output if it exits
+  non-zero and ``check`` is set.
+  """
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  if devices > 1:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  proc = subprocess.run(
+    [sys.executable, os.path.join(REPO_ROOT, script), *map(str, args)],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=REPO_ROOT,
+    timeout=600,
+  )
+  if check and proc.returncode != 0:
+    pytest.fail(f"{script} {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+  return proc
+
+
+def assert_one_line_error(proc, pattern: str) -> None:
+  """The program exited 2 with exactly one ``error:`` line containing ``pattern``."""
+  assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+  assert "Traceback" not in proc.stderr
+  error_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+  assert len(error_lines) == 1, proc.stderr
+  assert pattern in error_lines[0], error_lines[0]

@@ -11,35 +11,9 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, assert_one_line_error, run
 
 from smoothjax import results
-
-
-def run(script, *args, check=True, devices=1):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  if devices > 1:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  proc = subprocess.run(
-    [sys.executable, os.path.join(REPO_ROOT, script), *map(str, args)],
-    capture_output=True,
-    text=True,
-    env=env,
-    cwd=REPO_ROOT,
-    timeout=600,
-  )
-  if check and proc.returncode != 0:
-    pytest.fail(f"{script} {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-  return proc
-
-
-def assert_one_line_error(proc, pattern):
-  assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-  assert "Traceback" not in proc.stderr
-  error_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
-  assert len(error_lines) == 1, proc.stderr
-  assert pattern in error_lines[0], error_lines[0]
 
 
 @pytest.fixture(scope="module")

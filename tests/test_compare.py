@@ -6,7 +6,7 @@ import csv
 import os
 
 import pytest
-from test_cli import assert_one_line_error, run
+from conftest import assert_one_line_error, run
 
 from smoothjax import analysis, results
 from smoothjax.cli import attack as attack_cli

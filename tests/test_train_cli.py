@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_cli import assert_one_line_error, run
+from conftest import assert_one_line_error, run
 
 
 @pytest.fixture(scope="module")
