@@ -313,8 +313,8 @@ class ResultWriter:
     )
     if differ:
       detail = ", ".join(
-        f"{k}: {_short(stored.get(k, '<unset>'))} in file vs "
-        f"{_short(self._settings.get(k, '<unset>'))} now"
+        f"{k}: {_short(stored.get(k, '<unset>'), self._settings.get(k))} in file vs "
+        f"{_short(self._settings.get(k, '<unset>'), stored.get(k))} now"
         for k in differ
       )
       hints = "".join(f"; {self._hints[k]}" for k in differ if k in self._hints)
@@ -402,10 +402,22 @@ class ResultWriter:
     self.close()
 
 
-def _short(value: Any) -> str:
+def _short(value: Any, other: Any = None) -> str:
+  """``repr(value)``, shortened around where it differs from ``other`` if it is long.
+
+  Fingerprints differ in their first digits and paths in their last parts: showing the
+  first characters of both would print two identical-looking values.
+  """
   text = repr(value)
-  # Fingerprints differ in their first digits: the rest only makes the message long.
-  return text[:22] + "...'" if len(text) > 30 and isinstance(value, str) else text
+  if len(text) <= 30 or not isinstance(value, str):
+    return text
+  if isinstance(other, str):
+    first = next((i for i, (a, b) in enumerate(zip(value, other, strict=False)) if a != b), None)
+    if first is None:
+      first = min(len(value), len(other))
+    if first > 12:
+      return "'..." + value[first - 8 : first + 20] + ("...'" if first + 20 < len(value) else "'")
+  return text[:22] + "...'"
 
 
 def _empty_results(path: str, columns: Sequence[str]) -> Results:

@@ -505,3 +505,14 @@ def test_input_hashes_and_fingerprint():
   other = {"a": np.arange(3.0), "b": {"c": np.full((2, 2), 1.0 + 2**-20, np.float32)}}
   assert results.fingerprint(other) != results.fingerprint(tree)
   assert results.fingerprint({"a": np.arange(3.0)}) != results.fingerprint(tree)
+
+
+def test_settings_mismatch_shows_where_long_values_differ(tmp_path):
+  path = tmp_path / "r.tsv"
+  old = {"workdir": "/data/experiments/runs/mnist/sigma025/seed0"}
+  new = {"workdir": "/data/experiments/runs/mnist/sigma050/seed0"}
+  with results.ResultWriter(path, results.CERTIFY_COLUMNS, settings=old) as w:
+    w.write(dict(idx=0, label=1, predict=1, radius=0.5, correct=1, time=0.1))
+  with pytest.raises(InputError) as e:
+    results.ResultWriter(path, results.CERTIFY_COLUMNS, settings=new)
+  assert "sigma025" in str(e.value) and "sigma050" in str(e.value)
