@@ -71,3 +71,16 @@ def assert_one_line_error(proc, pattern: str) -> None:
   error_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
   assert len(error_lines) == 1, proc.stderr
   assert pattern in error_lines[0], error_lines[0]
+
+
+def train_tiny(workdir, *overrides: str) -> None:
+  """Trains the tiny CNN for one epoch on the embedded digits with train.py."""
+  run(
+    "train.py",
+    "--config=configs/default.py",
+    f"--workdir={workdir}",
+    "--config.model=cnn_tiny",
+    "--config.num_epochs=1",
+    "--config.progress=False",
+    *overrides,
+  )

@@ -7,7 +7,7 @@ import json
 import matplotlib.image
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, run
+from conftest import assert_one_line_error, run, train_tiny
 
 from smoothjax import pictures, results
 from smoothjax.cli import attack as attack_cli
@@ -24,14 +24,7 @@ def rows_without_time(path):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("attack") / "run"
-  run(
-    "train.py",
-    "--config=configs/default.py",
-    f"--workdir={workdir}",
-    "--config.model=cnn_tiny",
-    "--config.num_epochs=1",
-    "--config.progress=False",
-  )
+  train_tiny(workdir)
   return workdir
 
 

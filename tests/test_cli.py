@@ -11,7 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, assert_one_line_error, run
+from conftest import REPO_ROOT, assert_one_line_error, run, train_tiny
 
 from smoothjax import results
 
@@ -19,14 +19,7 @@ from smoothjax import results
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("cli") / "run"
-  run(
-    "train.py",
-    "--config=configs/default.py",
-    f"--workdir={workdir}",
-    "--config.model=cnn_tiny",
-    "--config.num_epochs=1",
-    "--config.progress=False",
-  )
+  train_tiny(workdir)
   return workdir
 
 

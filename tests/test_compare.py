@@ -6,7 +6,7 @@ import csv
 import os
 
 import pytest
-from conftest import assert_one_line_error, run
+from conftest import assert_one_line_error, run, train_tiny
 
 from smoothjax import analysis, results
 from smoothjax.cli import attack as attack_cli
@@ -23,15 +23,7 @@ def runs(tmp_path_factory):
     ("gaussian", []),
   ):
     workdirs[name] = root / name
-    run(
-      "train.py",
-      "--config=configs/default.py",
-      f"--workdir={workdirs[name]}",
-      "--config.model=cnn_tiny",
-      "--config.num_epochs=1",
-      "--config.progress=False",
-      *extra,
-    )
+    train_tiny(workdirs[name], *extra)
   return root, workdirs
 
 
