@@ -65,5 +65,6 @@ __all__ = [
   "smoothing",
   "stats",
   "training",
+  "votes",
   "workdir",
 ]

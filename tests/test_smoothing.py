@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from smoothjax import smoothing
+from smoothjax import smoothing, votes
 from smoothjax.errors import InputError
 from smoothjax.noise import Gaussian
 
@@ -407,9 +407,9 @@ def test_partial_logits_fn_takes_new_params_without_recompiling():
   key = jax.random.key(30)
   x = image(0.05)
   a = smoothing.sample_counts(fn, x, key, noise=NOISE, num=300, batch_size=64)
-  size = smoothing._count_votes_jit._cache_size()
+  size = votes._count_votes_jit._cache_size()
   b = smoothing.sample_counts(flipped, x, key, noise=NOISE, num=300, batch_size=64)
-  assert smoothing._count_votes_jit._cache_size() == size
+  assert votes._count_votes_jit._cache_size() == size
   # Negated weights swap the two classes on the very same noise.
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b)[::-1])
   reference = smoothing.sample_counts(linear_logits, x, key, noise=NOISE, num=300, batch_size=64)
@@ -438,12 +438,12 @@ def test_nnx_module_as_logits_fn():
 def test_no_recompilation_on_second_call():
   settings = dict(noise=NOISE, n0=12, n=77, alpha=0.01, batch_size=20)
   smoothing.certify(linear_logits, image(0.2), jax.random.key(32), **settings)
-  size = smoothing._count_votes_jit._cache_size()
+  size = votes._count_votes_jit._cache_size()
   smoothing.certify(linear_logits, image(-0.3), jax.random.key(33), **settings)
   smoothing.certify(linear_logits, image(0.1), jax.random.key(34), **{**settings, "alpha": 0.2})
-  assert smoothing._count_votes_jit._cache_size() == size
+  assert votes._count_votes_jit._cache_size() == size
   smoothing.certify(linear_logits, image(0.1), jax.random.key(35), **{**settings, "n": 78})
-  assert smoothing._count_votes_jit._cache_size() == size + 1
+  assert votes._count_votes_jit._cache_size() == size + 1
 
 
 # ----------------------------------------------------------------------------
