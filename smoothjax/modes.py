@@ -39,7 +39,7 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import math
 import numbers
 from collections.abc import Callable, Mapping
@@ -287,24 +287,16 @@ def _macer(config, noise) -> LossFn:
   return loss_fn
 
 
-@dataclasses.dataclass(frozen=True)
-class Mode:
-  """A training mode: its factory and the config section holding its settings."""
-
-  build: Callable[[Mapping[str, Any], noise_lib.Noise | None], LossFn]
-  section: str | None = None
-  defaults: Mapping[str, Any] | None = None
-
-
-MODES: dict[str, Mode] = {
-  "standard": Mode(_standard),
-  "gaussian": Mode(_gaussian),
-  "noise": Mode(_gaussian),
-  "fgsm": Mode(lambda c, n: _adversarial(c, n, single_step=True), "attack", ATTACK_DEFAULTS),
-  "pgd": Mode(lambda c, n: _adversarial(c, n, single_step=False), "attack", ATTACK_DEFAULTS),
-  "smoothadv": Mode(_smoothadv, "smoothadv", SMOOTHADV_DEFAULTS),
-  "consistency": Mode(_consistency, "consistency", CONSISTENCY_DEFAULTS),
-  "macer": Mode(_macer, "macer", MACER_DEFAULTS),
+# Mode name -> factory ``build(config, noise) -> loss_fn``.
+MODES: dict[str, Callable[[Mapping[str, Any], noise_lib.Noise | None], LossFn]] = {
+  "standard": _standard,
+  "gaussian": _gaussian,
+  "noise": _gaussian,
+  "fgsm": functools.partial(_adversarial, single_step=True),
+  "pgd": functools.partial(_adversarial, single_step=False),
+  "smoothadv": _smoothadv,
+  "consistency": _consistency,
+  "macer": _macer,
 }
 
 
@@ -335,4 +327,4 @@ def build(config: Mapping[str, Any]) -> LossFn:
   name = config.get("mode")
   if name not in MODES:
     raise InputError(f"unknown training mode {name!r}; choose one of {', '.join(MODES)}")
-  return MODES[name].build(config, noise_from_config(config))
+  return MODES[name](config, noise_from_config(config))

@@ -66,11 +66,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     f"unknown model {config.model!r}; choose one of {list(models.MODELS)}",
   )
   # Builds the noise and the mode's loss: checks noise_sd, the mode and its section.
-  modes.build(config)
-  need(
-    config.mode not in ("gaussian", "noise") or config.noise_sd > 0,
-    f"mode {config.mode!r} needs noise_sd > 0 (set --config.noise_sd)",
-  )
+  modes.build(config)  # noise modes refuse noise_sd = 0 there
   for name in ("batch_size", "eval_batch_size", "num_epochs", "keep_checkpoints"):
     need(
       _is_int(config[name]) and config[name] >= 1,

@@ -222,20 +222,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
   steps_per_epoch = data_lib.num_batches(train_split, config.batch_size)
   mesh = parallel.make_mesh() if mesh is None else mesh
   _check_same_run(config, workdir)
-  _make_workdir(workdir)
+  workdir_lib.make_workdir(workdir)
   with locks.exclusive(os.path.join(workdir, "train.lock"), f"workdir {workdir}"):
     return _train(config, workdir, dataset, train_split, test_split, steps_per_epoch, mesh)
-
-
-def _make_workdir(workdir: str) -> None:
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise InputError(f"--workdir {workdir} is a file, not a directory; choose another --workdir")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise InputError(f"cannot create --workdir {workdir} ({e.strerror}); choose another") from e
-  if not os.access(workdir, os.W_OK | os.X_OK):
-    raise InputError(f"--workdir {workdir} is not writable; choose another or fix its permissions")
 
 
 def _train(config, workdir, dataset, train_split, test_split, steps_per_epoch, mesh) -> dict:

@@ -37,6 +37,18 @@ def check_workdir(workdir: str) -> None:
     raise InputError(f"workdir {workdir} is a file, not a directory; pass the run's directory")
 
 
+def make_workdir(workdir: str) -> None:
+  """Creates ``workdir`` for a training run; InputError if it cannot be written."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise InputError(f"--workdir {workdir} is a file, not a directory; choose another --workdir")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise InputError(f"cannot create --workdir {workdir} ({e.strerror}); choose another") from e
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise InputError(f"--workdir {workdir} is not writable; choose another or fix its permissions")
+
+
 def save_json(path: str, obj: Any) -> None:
   """Writes JSON atomically (temporary file, then rename)."""
   tmp = path + ".tmp"

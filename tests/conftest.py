@@ -41,18 +41,18 @@ def run_with_devices(code: str, num_devices: int = 8, timeout: float = 600) -> s
   return proc.stdout
 
 
-def run(script: str, *args, check: bool = True, devices: int = 1):
-  """Runs one of the programs (``train.py``, ``certify.py``, ...) as a user would.
+def run_python(args, *, what: str, check: bool = True, devices: int = 1):
+  """Runs ``python ARGS`` from the repository root on `devices` CPU devices.
 
   Returns the completed process; fails the calling test with its output if it exits
   non-zero and ``check`` is set.
   """
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT)
   env.pop("XLA_FLAGS", None)
   if devices > 1:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   proc = subprocess.run(
-    [sys.executable, os.path.join(REPO_ROOT, script), *map(str, args)],
+    [sys.executable, *map(str, args)],
     capture_output=True,
     text=True,
     env=env,
@@ -60,8 +60,15 @@ def run(script: str, *args, check: bool = True, devices: int = 1):
     timeout=600,
   )
   if check and proc.returncode != 0:
-    pytest.fail(f"{script} {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    pytest.fail(f"{what} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
   return proc
+
+
+def run(script: str, *args, check: bool = True, devices: int = 1):
+  """Runs one of the programs (``train.py``, ``certify.py``, ...) as a user would."""
+  return run_python(
+    [os.path.join(REPO_ROOT, script), *args], what=f"{script} {args}", check=check, devices=devices
+  )
 
 
 def assert_one_line_error(proc, pattern: str) -> None:

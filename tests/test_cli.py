@@ -11,7 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, assert_one_line_error, run, train_tiny
+from conftest import REPO_ROOT, assert_one_line_error, run, run_python, train_tiny
 
 from smoothjax import results
 
@@ -169,19 +169,7 @@ def run_patched(patch: str, *args, check=True):
     certify.run()
     """
   )
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT)
-  env.pop("XLA_FLAGS", None)
-  proc = subprocess.run(
-    [sys.executable, "-c", code, *map(str, args)],
-    capture_output=True,
-    text=True,
-    env=env,
-    cwd=REPO_ROOT,
-    timeout=600,
-  )
-  if check and proc.returncode != 0:
-    pytest.fail(f"patched certify.py {args} failed ({proc.returncode}):\n{proc.stderr}")
-  return proc
+  return run_python(["-c", code, *args], what=f"patched certify.py {args}", check=check)
 
 
 def test_max_is_cohens_index_bound_and_rows_match_the_library(workdir, tmp_path):

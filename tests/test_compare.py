@@ -96,6 +96,7 @@ def test_compare_writes_one_table_from_the_programs_files(runs):
     (("--workdirs={standard}", "--sigma=-1"), "--sigma"),
     (("--workdirs={standard}", "--sigma=0.25", "--eps_l2=a"), "--eps_l2"),
     (("--workdirs={standard}", "--sigma=0.25", "--eps_linf=-0.1"), "--eps_linf"),
+    (("--workdirs={standard}", "--sigma=0.25", "--eps_l2=0.5,0.50"), "lists 0.5 twice"),
     (("--workdirs={standard}", "--sigma=0.25", "--attacks=cw"), "--attacks"),
     (("--workdirs={standard}", "--sigma=0.25", "--n=0"), "--n "),
     (("--workdirs={standard}", "--sigma=0.25", "--alpha=2"), "--alpha"),

@@ -102,7 +102,7 @@ def run_main(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
 
 
 def _not_from_orbax(record) -> bool:
-  return "orbax" not in record.pathname.replace(os.sep, "/").split("/site-packages/")[-1][:6]
+  return "/orbax/" not in record.pathname.replace(os.sep, "/")
 
 
 def _internal(e: BaseException) -> str:

@@ -66,6 +66,11 @@ def _floats(name: str, values, *, positive: bool) -> list[float]:
   low = "> 0" if positive else ">= 0"
   if not out or any(not np.isfinite(v) or (v <= 0 if positive else v < 0) for v in out):
     raise InputError(f"--{name} must be finite numbers {low}, got {','.join(values)}")
+  # attack.py names its columns by f"{eps:g}": two values with one name are one radius.
+  names = [f"{v:g}" for v in out]
+  if len(set(names)) < len(names):
+    twice = next(n for n in names if names.count(n) > 1)
+    raise InputError(f"--{name} lists {twice} twice; give each value once")
   return out
 
 
