@@ -22,12 +22,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment = "none"  # "none", "flip" or "crop_flip" (random crop, padding 4, + flip)
   # Model.
   config.model = "cnn"
-  # Training mode (smoothjax.modes): "standard" (clean), "gaussian" (Cohen et al. 2019;
-  # alias "noise"), "fgsm" / "pgd" (Madry et al. 2018, settings in `attack`),
-  # "smoothadv" (Salman et al. 2019), "consistency" (Jeong & Shin 2020), "macer"
-  # (Zhai et al. 2020). Each mode's settings live in its section below (papers' defaults).
-  config.mode = "gaussian"
-  config.noise_sd = 0.25  # training and evaluation noise (0: none)
+  # Training mode (smoothjax.modes): "standard" (clean), "noise" (training under the noise
+  # below, Cohen et al. 2019's Gaussian augmentation; alias "gaussian"), "fgsm" / "pgd"
+  # (Madry et al. 2018, settings in `attack`), "smoothadv" (Salman et al. 2019),
+  # "consistency" (Jeong & Shin 2020), "macer" (Zhai et al. 2020, Gaussian only). Each
+  # mode's settings live in its section below (papers' defaults).
+  config.mode = "noise"
+  # Training and evaluation noise (smoothjax.noise): "gaussian", "laplace", "uniform" or
+  # "expinf:k=1:j=0" (Yang et al. 2020), at the per-coordinate standard deviation noise_sd.
+  config.noise = "gaussian"
+  config.noise_sd = 0.25  # 0: no noise
   config.attack = ml_collections.ConfigDict(
     dict(norm="linf", eps=0.3, steps=10, step_size=0.0, random_start=True)
   )  # fgsm / pgd; step_size 0: 2.5 * eps / steps

@@ -14,13 +14,22 @@ runs, a mapping from run name to a ``Results`` or to the path of a result file).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from smoothjax import noise as noise_lib
 from smoothjax.errors import InputError
-from smoothjax.results import ABSTAIN, Results, check_output_path, read_results
+from smoothjax.results import (
+  ABSTAIN,
+  RADIUS_COLUMNS,
+  Results,
+  check_output_path,
+  read_results,
+  read_settings,
+)
 
 __all__ = [
   "Results",
@@ -28,8 +37,11 @@ __all__ = [
   "acr",
   "certified_accuracy",
   "clean_accuracy",
+  "default_max_radius",
   "default_radii",
+  "in_norm",
   "plot_certified_accuracy",
+  "primary_norm",
   "radius_step",
   "read_results",
   "summary",
@@ -43,6 +55,72 @@ _FORMATS = ("markdown", "latex", "tsv")
 MAX_RADII = 1000
 # Steps of readable tables, as Cohen et al.'s 0.25 and its coarser multiples.
 _NICE_STEPS = (0.25, 0.5, 1.0, 2.0, 2.5, 5.0)
+
+
+def primary_norm(settings: Mapping | None) -> str:
+  """The norm of the ``radius`` column of a result file, from its settings file.
+
+  Files of this library record it (``noise_norm``), or at least the noise; files
+  without settings (Cohen et al.'s, which smoothed with Gaussian noise) are l2.
+  """
+  settings = settings or {}
+  norm = settings.get("noise_norm")
+  if norm in noise_lib.NORMS:
+    return norm
+  spec = settings.get("noise")
+  family = noise_lib.FAMILIES.get(spec.split(":")[0].lower()) if isinstance(spec, str) else None
+  return family.norms[0] if family is not None else "l2"
+
+
+def in_norm(results: RunLike, norm: str) -> Results:
+  """The results with ``radius`` holding the certified radii in ``norm``.
+
+  Taken from the file's ``radius_<norm>`` column, or from ``radius`` where that is
+  already in ``norm`` (files without the per-norm columns, Cohen et al.'s among them,
+  hold their noise's primary norm: l2 for Gaussian noise).
+
+  Args:
+    results: one run's rows, or the path of its result file.
+    norm: one of ``l1``, ``l2``, ``linf``.
+
+  Raises:
+    InputError: the file has no radii in ``norm``.
+  """
+  if norm not in noise_lib.NORMS:
+    raise InputError(f"unknown norm {norm!r}; choose one of: {', '.join(noise_lib.NORMS)}")
+  results = _as_results(results)
+  column = RADIUS_COLUMNS[norm]
+  if column in results.extra and results.extra[column].dtype.kind == "f":
+    return dataclasses.replace(results, radius=results.extra[column])
+  where = results.path or "these results"
+  settings = None
+  if results.path:
+    with contextlib.suppress(InputError):
+      settings = read_settings(results.path)
+  primary = primary_norm(settings)
+  if primary != norm:
+    raise InputError(
+      f"{where} has no {column} column and its radius column is in {primary}; certify "
+      f"again (certify.py writes radii in every norm) or choose --norm {primary}"
+    )
+  return results
+
+
+def default_max_radius(largest: float) -> float:
+  """The right end of a table's radii: past ``largest`` on Cohen et al.'s 0.25 grid.
+
+  Radii below 0.25 (linf radii, small noise) get the next of 1, 2, 2.5, 5 times a
+  power of ten instead, so that the table does not shrink to one column.
+  """
+  if not np.isfinite(largest) or largest <= 0:
+    return 0.25
+  if largest >= 0.25:
+    return float(0.25 * np.ceil(largest / 0.25 - 1e-9))
+  scale = 10.0 ** np.floor(np.log10(largest))
+  for mantissa in (1.0, 2.0, 2.5, 5.0, 10.0):
+    if mantissa * scale >= largest * (1 - 1e-9):
+      return float(mantissa * scale)
+  return 0.25
 
 
 def _as_results(run: RunLike) -> Results:
@@ -151,7 +229,10 @@ def radius_step(max_radius: float, max_columns: int = 17) -> float:
   """
   if not (np.isfinite(max_radius) and max_radius >= 0):
     raise InputError(f"max_radius must be a finite number >= 0, got {max_radius}")
+  # Below Cohen et al.'s grid (linf radii are often of order 0.001) the steps shrink too.
   scale = 1.0
+  if 0 < max_radius < 0.25:
+    scale = 10.0 ** (np.floor(np.log10(max_radius)) - 2)
   while True:
     for step in _NICE_STEPS:
       if np.floor(max_radius / (step * scale) + 1e-9) + 1 <= max(max_columns, 2):
@@ -228,6 +309,15 @@ def _escape_latex(text: str) -> str:
   return "".join(replacements.get(c, c) for c in text)
 
 
+def _radius_labels(radii: np.ndarray) -> list[str]:
+  """Radii with two decimals (Cohen et al.'s tables), or as many as tell them apart."""
+  for decimals in range(2, 10):
+    labels = [f"{r:.{decimals}f}" for r in radii]
+    if np.allclose([float(x) for x in labels], radii, rtol=0, atol=1e-12):
+      return labels
+  return [f"{r:.3g}" for r in radii]
+
+
 def table(
   runs: Mapping[str, RunLike],
   radii,
@@ -252,7 +342,8 @@ def table(
   radii = np.atleast_1d(np.asarray(radii, dtype=np.float64))
   if radii.size > MAX_RADII:
     raise InputError(f"{radii.size} radii make an unreadable table; pass at most {MAX_RADII}")
-  header = ["run"] + [f"r = {r:.2f}" for r in radii] + ["ACR", "abstain"]
+  labels = _radius_labels(radii)
+  header = ["run"] + [f"r = {r}" for r in labels] + ["ACR", "abstain"]
   body = []
   for name, run in runs.items():
     s = summary(run, radii, column=column)
@@ -269,7 +360,7 @@ def table(
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in body]
   else:
-    latex_header = ["run"] + [f"$r = {r:.2f}$" for r in radii] + ["ACR", r"abstain (\%)"]
+    latex_header = ["run"] + [f"$r = {r}$" for r in labels] + ["ACR", r"abstain (\%)"]
     lines = [
       r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
       r"\toprule",
@@ -288,6 +379,7 @@ def plot_certified_accuracy(
   max_radius: float | None = None,
   title: str | None = None,
   column: str = "radius",
+  norm: str | None = None,
   figsize: Sequence[float] = (6.4, 4.0),
   dpi: int = 150,
 ) -> None:
@@ -306,6 +398,7 @@ def plot_certified_accuracy(
       certified radius.
     title: optional figure title.
     column: the radius column (``radius`` is l2 for Gaussian noise).
+    norm: the norm named on the x axis; default the column's (``radius``: l2).
     figsize: figure size in inches.
     dpi: resolution; the image is ``figsize * dpi`` pixels.
   """
@@ -331,7 +424,8 @@ def plot_certified_accuracy(
     y = certified_accuracy(loaded[name], x, column=column)
     # Accuracy is constant on (r_k-1, r_k] and drops just after each radius r_k.
     ax.step(x, y, where="pre", label=str(name))
-  norm = "l2" if column == "radius" else column.removeprefix("radius_")
+  if norm is None:
+    norm = "l2" if column == "radius" else column.removeprefix("radius_")
   ax.set_xlabel(f"radius ({norm})")
   ax.set_ylabel("certified accuracy")
   ax.set_xlim(0.0, max_radius)

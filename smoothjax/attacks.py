@@ -8,10 +8,17 @@ and lower the loss. :func:`smoothadv` attacks the soft smoothed classifier
 (Salman et al. 2019) with noise samples the caller provides.
 
 Every iterate stays in the ``eps`` ball around the clean ``x`` (per example, in
-the l2 or linf norm) and in [0, 1]: after each step the point is clipped to
+the l1, l2 or linf norm) and in [0, 1]: after each step the point is clipped to
 [0, 1] and its perturbation then projected onto the ball, as in Salman et al.'s
-``PGD_L2`` (the projection scales or clips the perturbation towards ``x``, so it
-keeps the point in [0, 1]; a last clip removes float rounding).
+``PGD_L2`` (the projection scales, clips or soft-thresholds the perturbation
+towards ``x``, so it keeps the point in [0, 1]; a last clip removes float
+rounding).
+
+The l1 attacks follow Yang et al. 2020, "Randomized Smoothing of All Shapes and
+Sizes" (their code, ``rs4a``, ``src/attacks.py``): a step moves, by the same
+amount, only the coordinates of largest ``|grad|`` (about 1/16 of them) along
+the sign of the gradient, and the perturbation is projected onto the l1 ball
+with the sort-based algorithm of Duchi et al. 2008.
 
 The settings are checked when the attack is built, so a bad one fails before any
 tracing. The returned functions are not jitted themselves: wrap them in
@@ -40,7 +47,14 @@ import jax.numpy as jnp
 from smoothjax import losses
 from smoothjax.errors import InputError
 
-NORMS = ("l2", "linf")
+NORMS = ("l1", "l2", "linf")
+
+# The l1 step keeps the coordinates whose |grad| is at least the k-th smallest of the
+# example's d values, k = floor(d * 15 / 16) (at least 1), as Yang et al. 2020's rs4a
+# (``src/attacks.py``: ``torch.kthvalue(grads.abs(), k=grads.shape[1] * 15 // 16)``, then
+# ``grads[grads.abs() < keep_vals] = 0``): d - k + 1 coordinates (about d / 16 + 1)
+# without ties. (The exact steepest ascent direction in l1 would move only the largest.)
+L1_QUANTILE = 15 / 16
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -102,13 +116,56 @@ def _l2_norms(v):
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
 
+def _l1_kept(dim: int) -> int:
+  """How many of ``dim`` coordinates an l1 step moves (without ties): ``d - k + 1``."""
+  return dim - max(1, math.floor(dim * L1_QUANTILE)) + 1
+
+
 def _unit_step(grad, norm: str):
-  """The steepest ascent direction of unit ``norm`` per example (0 where grad is 0)."""
+  """The steepest ascent direction of unit ``norm`` per example (0 where grad is 0).
+
+  In l1, the sparse direction of Yang et al. 2020 (see :data:`L1_QUANTILE`): the
+  signs of the coordinates of largest ``|grad|``, each ``1 / (their number)``.
+  """
   if norm == "linf":
     return jnp.sign(grad)
+  if norm == "l1":
+    flat = grad.reshape(grad.shape[0], -1)
+    magnitude = jnp.abs(flat)
+    # The k-th smallest |grad| is the (d - k + 1)-th largest.
+    threshold = jax.lax.top_k(magnitude, _l1_kept(flat.shape[1]))[0][:, -1:]
+    signs = jnp.where(magnitude >= threshold, jnp.sign(flat), 0.0)
+    count = jnp.sum(jnp.abs(signs), axis=1, keepdims=True, dtype=jnp.float32)
+    scale = jnp.where(count > 0, 1.0 / jnp.maximum(count, 1.0), 0.0)
+    return (signs * scale.astype(grad.dtype)).reshape(grad.shape)
   n = _l2_norms(grad)
   scale = jnp.where(n > 0, 1.0 / jnp.where(n > 0, n, 1.0), 0.0)
   return grad * _expand(scale, grad).astype(grad.dtype)
+
+
+def _project_l1(delta, eps):
+  """Euclidean projection of each example of ``delta`` onto the l1 ball of radius ``eps``.
+
+  Duchi, Shalev-Shwartz, Singer & Chandra 2008, "Efficient Projections onto the
+  l1-Ball for Learning in High Dimensions", Figure 1: with ``mu`` the sorted
+  ``|delta|`` (decreasing), ``rho`` the largest ``j`` with ``mu_j > (mu_1 + ... +
+  mu_j - eps) / j`` and ``theta = (mu_1 + ... + mu_rho - eps) / rho``, the
+  projection soft-thresholds every coordinate by ``theta``. Points inside the ball
+  are returned unchanged. ``eps`` may be traced, and 0 (then no ``j`` qualifies,
+  ``rho = 1`` gives ``theta = mu_1`` and the projection is 0).
+  """
+  flat = delta.reshape(delta.shape[0], -1)
+  # At least float32: the ranks j below must be exact.
+  magnitude = jnp.abs(flat).astype(jnp.promote_types(flat.dtype, jnp.float32))
+  eps = jnp.asarray(eps, magnitude.dtype)
+  mu = -jnp.sort(-magnitude, axis=1)
+  cumsum = jnp.cumsum(mu, axis=1)
+  j = jnp.arange(1, flat.shape[1] + 1, dtype=magnitude.dtype)
+  rho = jnp.max(jnp.where(mu * j > cumsum - eps, j, 1.0), axis=1, keepdims=True)
+  theta = (jnp.take_along_axis(cumsum, rho.astype(jnp.int32) - 1, axis=1) - eps) / rho
+  projected = jnp.sign(flat) * jnp.maximum(magnitude - theta, 0.0).astype(flat.dtype)
+  inside = jnp.sum(magnitude, axis=1, keepdims=True) <= eps
+  return jnp.where(inside, flat, projected).reshape(delta.shape)
 
 
 def _project(x_adv, x, eps, norm: str):
@@ -116,6 +173,8 @@ def _project(x_adv, x, eps, norm: str):
   delta = jnp.clip(x_adv, 0.0, 1.0) - x
   if norm == "linf":
     delta = jnp.clip(delta, -eps, eps)
+  elif norm == "l1":
+    delta = _project_l1(delta, eps)
   else:
     n = _l2_norms(delta)
     scale = jnp.where(n > eps, eps / jnp.where(n > eps, n, 1.0), 1.0)
@@ -123,16 +182,28 @@ def _project(x_adv, x, eps, norm: str):
   return jnp.clip(x + delta, 0.0, 1.0)
 
 
+def _random_delta(key, shape, dtype, norm: str):
+  """Per example of ``shape`` ``(B, ...)``, a uniform point of the unit ``norm`` ball."""
+  if norm == "linf":
+    return jax.random.uniform(key, shape, dtype, -1.0, 1.0)
+  key_direction, key_radius = jax.random.split(key)
+  if norm == "l1":
+    # E_1, ..., E_{d+1} i.i.d. exponential: (E_1, ..., E_d) / (E_1 + ... + E_{d+1}) is
+    # uniform in the simplex {y >= 0, sum(y) <= 1}; random signs (Laplace draws are
+    # signed exponentials) spread it over the l1 ball.
+    signed = jax.random.laplace(key_direction, shape, dtype)
+    extra = jax.random.exponential(key_radius, shape[:1], dtype)
+    total = jnp.sum(jnp.abs(signed.reshape(shape[0], -1)), axis=1) + extra
+    return signed / _expand(total, signed)
+  direction = _unit_step(jax.random.normal(key_direction, shape, dtype), "l2")
+  dim = math.prod(shape[1:])
+  radius = jax.random.uniform(key_radius, shape[:1], dtype) ** (1.0 / dim)
+  return direction * _expand(radius, direction)
+
+
 def _random_start(key, x, eps, norm: str):
   """A uniform point of the ``eps`` ball around ``x``, clipped to [0, 1]."""
-  if norm == "linf":
-    delta = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0) * eps
-  else:
-    key_direction, key_radius = jax.random.split(key)
-    direction = _unit_step(jax.random.normal(key_direction, x.shape, x.dtype), "l2")
-    dim = math.prod(x.shape[1:])
-    radius = eps * jax.random.uniform(key_radius, x.shape[:1], x.dtype) ** (1.0 / dim)
-    delta = direction * _expand(radius, direction)
+  delta = _random_delta(key, x.shape, x.dtype, norm) * eps
   return _project(x + delta, x, eps, norm)
 
 
@@ -174,13 +245,15 @@ def fgsm(loss_fn: LossFn, *, eps, norm: str = "linf", targeted: bool = False):
 
   Goodfellow, Shlens & Szegedy 2015, "Explaining and Harnessing Adversarial
   Examples": ``x + eps * sign(grad)`` in linf; in l2 the step is the gradient
-  normalised per example to length ``eps`` (no step where it is 0). The result
-  is clipped to [0, 1].
+  normalised per example to length ``eps`` (no step where it is 0); in l1 it is
+  Yang et al. 2020's sparse step: ``eps`` shared equally, along the sign of the
+  gradient, by the coordinates of largest ``|grad|`` (about 1/16 of them, see
+  :data:`L1_QUANTILE`). The result is clipped to [0, 1].
 
   Args:
     loss_fn: ``(x, y) -> (B,)`` per-example loss, differentiable in ``x``.
     eps: radius of the attack, >= 0.
-    norm: ``"linf"`` or ``"l2"``.
+    norm: ``"linf"``, ``"l2"`` or ``"l1"``.
     targeted: if True, ``y`` are target classes and the loss is lowered.
 
   Returns:
@@ -221,22 +294,28 @@ def pgd(
 
   Madry et al. 2018, "Towards Deep Learning Models Resistant to Adversarial
   Attacks": from a random point of the ball, ``steps`` steps of ``step_size``
-  along the sign of the gradient (linf) or the gradient normalised per example
-  (l2; no step where it is 0), each followed by clipping to [0, 1] and
-  projection onto the ball around the clean ``x``.
+  along the sign of the gradient (linf), the gradient normalised per example
+  (l2; no step where it is 0) or the sparse sign step of Yang et al. 2020 (l1:
+  the coordinates of largest ``|grad|``, about 1/16 of them, share the step
+  equally; see :data:`L1_QUANTILE`), each followed by clipping to [0, 1] and
+  projection onto the ball around the clean ``x`` (in l1 by Duchi et al. 2008's
+  sort-based algorithm).
 
   The l2 random start is uniform in the l2 ball (a Gaussian direction normalised,
-  times ``eps * U^(1/d)``), the linf one uniform in the cube; both are then
-  clipped to [0, 1]. With ``restarts > 1`` the attack runs from that many random
-  starts. With ``keep_best`` the result is, per example, the iterate (over all
-  steps and restarts, the start and the last iterate included) of the highest
-  loss (lowest if ``targeted``); without it, the last iterate, of the restart
-  whose last iterate is best when there are several.
+  times ``eps * U^(1/d)``), the l1 one uniform in the l1 ball (signed exponentials
+  ``E_1, ..., E_d`` over ``E_1 + ... + E_{d+1}``, times ``eps``), the linf one
+  uniform in the cube; all are then clipped to [0, 1]. (Yang et al.'s PGD starts
+  at ``x``, with steps of ``2 * eps / steps``, and returns the last iterate.)
+  With ``restarts > 1`` the attack runs from that many random starts. With
+  ``keep_best`` the result is, per example, the iterate (over all steps and
+  restarts, the start and the last iterate included) of the highest loss (lowest
+  if ``targeted``); without it, the last iterate, of the restart whose last
+  iterate is best when there are several.
 
   Args:
     loss_fn: ``(x, y) -> (B,)`` per-example loss, differentiable in ``x``.
     eps: radius of the ball, >= 0 (0 returns ``x``).
-    norm: ``"linf"`` or ``"l2"``.
+    norm: ``"linf"``, ``"l2"`` or ``"l1"``.
     steps: number of gradient steps, >= 1 (static: the loop is a ``fori_loop``).
     step_size: length of a step; default ``2.5 * eps / steps`` (Madry et al.).
     random_start: start from a random point of the ball instead of ``x``.
@@ -336,12 +415,20 @@ def smoothadv(logits_fn, *, eps, steps: int, step_size=None, norm: str = "l2"):
   where the gradient is 0; here the log is the stable one and a zero gradient
   makes no step. The result is the last iterate.
 
+  With ``norm="l1"`` this is the attack Yang et al. 2020 ("Randomized Smoothing of
+  All Shapes and Sizes", ``pgd_attack_smooth`` in their ``src/attacks.py``) use
+  against Laplace and Uniform smoothing: sparse sign steps and the l1 projection
+  (they project the perturbation, then clip the point to [0, 1], which can leave
+  it strictly inside the ball; here, as for the other norms, the clip comes
+  first).
+
   Args:
     logits_fn: ``(N, ...) -> (N, K)`` base classifier logits.
     eps: radius of the ball, >= 0 (0 returns ``x`` unchanged).
     steps: number of steps, >= 1.
     step_size: length of a step; default ``2 * eps / steps`` (Salman et al.).
-    norm: ``"l2"`` (theirs) or ``"linf"`` (sign steps).
+    norm: ``"l2"`` (theirs), ``"linf"`` (sign steps) or ``"l1"`` (Yang et al.'s,
+      against Laplace and Uniform smoothing, with the same default step size).
 
   Returns:
     ``attack(x, y, noise) -> x_adv`` with ``noise`` the ``(m, B, ...)`` samples,

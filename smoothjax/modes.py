@@ -8,9 +8,12 @@ dict of scalar metrics; ``accuracy`` is always there (of the inputs the model
 is trained on), other entries are logged as ``train_<name>``.
 
 * ``standard``: cross-entropy on clean images.
-* ``gaussian`` (alias ``noise``): cross-entropy on ``x + eps``, ``eps`` drawn from
-  the run's noise: the Gaussian data augmentation of Cohen, Rosenfeld and Kolter,
-  "Certified Adversarial Robustness via Randomized Smoothing" (ICML 2019).
+* ``noise`` (alias ``gaussian``): cross-entropy on ``x + eps``, ``eps`` drawn from
+  the run's noise (:func:`noise_from_config`: ``config.noise`` at ``config.noise_sd``):
+  the Gaussian data augmentation of Cohen, Rosenfeld and Kolter, "Certified Adversarial
+  Robustness via Randomized Smoothing" (ICML 2019), and its Laplace, uniform and ExpInf
+  versions of Yang et al., "Randomized Smoothing of All Shapes and Sizes" (ICML 2020).
+  The noise modes below draw from the same noise.
 * ``fgsm`` and ``pgd``: adversarial training (Madry et al., "Towards Deep Learning
   Models Resistant to Adversarial Attacks", ICLR 2018) on FGSM / PGD points of
   the cross-entropy, l2 or linf (``config.attack``).
@@ -82,9 +85,14 @@ def _accuracy(logits, labels):
   return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
+def for_inputs(noise, images):
+  """``noise`` bound to the dimension of one of ``images`` (a batch), as expinf needs."""
+  return noise.bind(math.prod(images.shape[1:]))
+
+
 def _noisy_copies(model, key, images, noise, m):
   """Logits ``(m, B, K)`` of ``m`` noisy copies of every image, in one forward pass."""
-  eps = losses.noise_batch(noise, key, m, images.shape, images.dtype)
+  eps = losses.noise_batch(for_inputs(noise, images), key, m, images.shape, images.dtype)
   logits = model((images[None] + eps).reshape(-1, *images.shape[1:]))
   return logits.reshape(m, images.shape[0], -1)
 
@@ -150,13 +158,12 @@ def _standard(config, noise) -> LossFn:
   return loss_fn
 
 
-def _gaussian(config, noise) -> LossFn:
-  del config
-  noise = _need_noise("gaussian", noise)
+def _noise(config, noise) -> LossFn:
+  noise = _need_noise(config.get("mode", "noise"), noise)
 
   def loss_fn(model, key, images, labels, epoch):
     del epoch
-    logits = model(images + noise.sample(key, images.shape, images.dtype))
+    logits = model(images + for_inputs(noise, images).sample(key, images.shape, images.dtype))
     return _ce(logits, labels).mean(), {"accuracy": _accuracy(logits, labels)}
 
   return loss_fn
@@ -223,7 +230,7 @@ def _smoothadv(config, noise) -> LossFn:
   def loss_fn(model, key, images, labels, epoch):
     # Salman et al.'s warm-up: eps grows linearly to its value over the first epochs.
     scale = jnp.minimum(1.0, (epoch + 1) / warmup).astype(images.dtype)
-    eps_noise = losses.noise_batch(noise, key, m, images.shape, images.dtype)
+    eps_noise = losses.noise_batch(for_inputs(noise, images), key, m, images.shape, images.dtype)
     attack = attacks.smoothadv(
       frozen_logits_fn(model),
       eps=eps * scale,
@@ -290,8 +297,8 @@ def _macer(config, noise) -> LossFn:
 # Mode name -> factory ``build(config, noise) -> loss_fn``.
 MODES: dict[str, Callable[[Mapping[str, Any], noise_lib.Noise | None], LossFn]] = {
   "standard": _standard,
-  "gaussian": _gaussian,
-  "noise": _gaussian,
+  "noise": _noise,
+  "gaussian": _noise,
   "fgsm": functools.partial(_adversarial, single_step=True),
   "pgd": functools.partial(_adversarial, single_step=False),
   "smoothadv": _smoothadv,
@@ -301,13 +308,21 @@ MODES: dict[str, Callable[[Mapping[str, Any], noise_lib.Noise | None], LossFn]] 
 
 
 def noise_from_config(config: Mapping[str, Any]) -> noise_lib.Noise | None:
-  """The run's training and evaluation noise; None when ``noise_sd`` is 0."""
+  """The run's training and evaluation noise; None when ``noise_sd`` is 0.
+
+  ``config.noise`` names the family (default ``"gaussian"``; ``"laplace"``,
+  ``"uniform"``, ``"expinf:k=1:j=0"``, see :func:`smoothjax.noise.parse`) and
+  ``config.noise_sd`` its scale as sigma, the per-coordinate standard deviation.
+  """
   sd = config.get("noise_sd", 0.0)
   if isinstance(sd, bool) or not isinstance(sd, numbers.Real) or not math.isfinite(sd) or sd < 0:
     raise InputError(f"noise_sd must be a finite number >= 0, got {sd!r}")
   if sd == 0:
     return None
-  return noise_lib.from_name(config.get("noise", "gaussian"), float(sd))
+  try:
+    return noise_lib.parse(config.get("noise", "gaussian"), sigma=float(sd))
+  except InputError as e:
+    raise InputError(f"config.noise: {e} (config.noise_sd gives the scale)") from None
 
 
 def build(config: Mapping[str, Any]) -> LossFn:

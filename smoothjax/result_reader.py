@@ -37,6 +37,9 @@ ABSTAIN = -1
 # A digest of the input a row was computed from (see smoothjax.hashing.input_hashes).
 INPUT_HASH_COLUMN = "input_hash"
 
+# Certified radii in each norm (smoothjax.noise.NORMS), beside `radius` in the primary one.
+RADIUS_COLUMNS = {"l1": "radius_l1", "l2": "radius_l2", "linf": "radius_linf"}
+
 # Columns every result file has; `radius` is missing from prediction files.
 REQUIRED_COLUMNS = ("idx", "label", "predict", "correct")
 INT_COLUMNS = ("idx", "label", "predict", "correct")
@@ -112,7 +115,6 @@ class Parsed:
 def row_problem(values: Mapping[str, Any]) -> str | None:
   """What is inconsistent in one row (None if nothing); ``values`` holds the parsed cells."""
   idx, label, predict, correct = (values.get(c) for c in INT_COLUMNS)
-  radius = values.get("radius")
   if idx is not None and idx < 0:
     return f"idx {idx} is negative"
   if label is not None and label < 0:
@@ -121,13 +123,16 @@ def row_problem(values: Mapping[str, Any]) -> str | None:
     return f"predict {predict} is below -1 (the abstention)"
   if correct is not None and correct not in (0, 1):
     return f"correct is {correct}, not 0 or 1"
-  if radius is not None:
+  for column in ("radius", *RADIUS_COLUMNS.values()):
+    radius = values.get(column)
+    if radius is None:
+      continue
     if not math.isfinite(radius):
-      return f"radius {radius} is not a finite number"
+      return f"{column} {radius} is not a finite number"
     if radius < 0:
-      return f"radius {radius} is negative"
+      return f"{column} {radius} is negative"
     if predict == ABSTAIN and radius != 0:
-      return f"an abstention (predict -1) has radius {radius}, not 0"
+      return f"an abstention (predict -1) has {column} {radius}, not 0"
   if predict == ABSTAIN and correct == 1:
     return "an abstention (predict -1) is marked correct"
   if None not in (label, predict, correct) and correct != int(predict == label):
@@ -187,7 +192,7 @@ def parse(path: str, data: bytes, *, expected: Sequence[str] | None, advice: str
   if len(set(columns)) != len(columns):
     raise InputError(f"{path} has a column named twice in its header {columns}")
   time_col = columns.index("time") if "time" in columns else None
-  float_columns = [c for c in columns if c == "radius"]
+  float_columns = [c for c in columns if c == "radius" or c in RADIUS_COLUMNS.values()]
   parsers = {c: parse_int for c in INT_COLUMNS} | {c: float for c in float_columns}
   kept, kept_lines = [], []
   first_line: dict[int, tuple[int, list[str]]] = {}

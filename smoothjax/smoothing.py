@@ -75,6 +75,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
+from smoothjax import noise as noise_lib
 from smoothjax import stats
 from smoothjax.votes import (
   IMAGE_RANGE,
@@ -104,7 +105,8 @@ class Certificate:
     top_class: the class selected from the selection votes, also when abstaining.
     counts: votes per class of the ``n`` estimation samples (int64, ``(K,)``).
     counts_selection: votes per class of the ``n0`` selection samples.
-    radii: certified radius in every norm the noise certifies.
+    radii: certified radius in each norm of :data:`smoothjax.noise.NORMS` (l1, l2,
+      linf), directly or by conversion (see :func:`smoothjax.noise.convert_radius`).
   """
 
   prediction: int
@@ -193,7 +195,7 @@ def _certify(logits_fn, xs, keys, *, noise, n0, n, alpha, batch_size, mesh):
   dim = int(np.prod(xs.shape[1:]))
   radii = {
     norm: np.where(abstain, 0.0, np.atleast_1d(noise.radius(p_lower, norm, dim=dim)))
-    for norm in noise.norms
+    for norm in noise_lib.NORMS
   }
   primary = noise.norms[0]
   return [

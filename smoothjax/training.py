@@ -114,7 +114,8 @@ class Trainer:
     clean = jnp.sum(jnp.argmax(model(images), -1) == labels)
     if self.noise is None:
       return clean, clean
-    noisy_inputs = images + self.noise.sample(key, images.shape, images.dtype)
+    noise = modes.for_inputs(self.noise, images)
+    noisy_inputs = images + noise.sample(key, images.shape, images.dtype)
     noisy = jnp.sum(jnp.argmax(model(noisy_inputs), -1) == labels)
     return clean, noisy
 

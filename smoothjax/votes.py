@@ -240,6 +240,8 @@ def count_votes(logits_fn, xs, phase_keys, *, noise, nums, names, batch_size, nu
   """
   if not isinstance(noise, Noise):
     raise InputError(f"noise must be a smoothjax.noise.Noise, got {type(noise).__name__}")
+  # Families whose samples depend on the input dimension (expinf) learn it here.
+  noise = noise.bind(math.prod(xs.shape[1:]))
   batch_size = stats.check_count("batch_size", batch_size)
   if num_classes is not None:
     num_classes = stats.check_count("num_classes", num_classes)

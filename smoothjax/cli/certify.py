@@ -59,18 +59,30 @@ _MAX = flags.DEFINE_integer(
 )
 _COUNT = flags.DEFINE_integer("count", None, "Certify at most this many of the selected inputs.")
 _SPLIT = flags.DEFINE_string("split", "test", "Dataset split to certify.")
-_SIGMA = flags.DEFINE_float("sigma", None, "Noise level; default: the training noise_sd.")
+_NOISE = flags.DEFINE_string(
+  "noise",
+  None,
+  "Noise family and scale (sigma), e.g. gaussian:0.25, laplace:0.5, uniform:0.5, "
+  "expinf:0.5:k=1:j=0; a family alone takes --sigma or the training noise_sd. "
+  "Default: the training noise.",
+)
+_SIGMA = flags.DEFINE_float("sigma", None, "Noise level (sigma); default: the training noise_sd.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the certification noise.")
 _EPOCH = flags.DEFINE_integer("epoch", None, "Checkpoint epoch (default: latest).")
 _PREDICT = flags.DEFINE_boolean("predict", False, "Run PREDICT instead of CERTIFY.")
 _PLOT = flags.DEFINE_string("plot", None, "PNG path for the plot (default: OUTFILE.png).")
 _FORMAT = flags.DEFINE_enum("format", "markdown", ["markdown", "latex", "tsv"], "Table format.")
 _MAX_RADIUS = flags.DEFINE_float("max_radius", None, "Largest radius in table and plot.")
+_NORM = flags.DEFINE_enum(
+  "norm",
+  None,
+  list(noise.NORMS),
+  "Norm of the radii in table and plot (default: each file's own radius column, the "
+  "primary norm of its noise: l2 for Gaussian, l1 for Laplace and uniform).",
+)
 
 # Forward passes that one vote-counting call can index (smoothing counts them in int32).
 _MAX_PASSES_PER_CALL = 2**31 - 1
-# Inputs hashed per read when checking the rows of a resumed file.
-_NOISE = "gaussian"
 
 _CERTIFY_ONLY = (
   "workdir",
@@ -84,12 +96,13 @@ _CERTIFY_ONLY = (
   "max",
   "count",
   "split",
+  "noise",
   "sigma",
   "seed",
   "epoch",
   "predict",
 )
-_REPORT_ONLY = ("plot", "format", "max_radius")
+_REPORT_ONLY = ("plot", "format", "max_radius", "norm")
 
 
 def _present(name: str) -> bool:
@@ -133,11 +146,7 @@ def _check_certify_flags(num_devices: int) -> None:
     )
   if _COUNT.value is not None and _COUNT.value < 1:
     raise InputError(f"--count must be >= 1, got {_COUNT.value}")
-  if _SIGMA.value is not None:
-    try:
-      noise.from_name(_NOISE, _SIGMA.value)  # The noise family's own bounds on its scale.
-    except InputError as e:
-      raise InputError(f"--sigma {_SIGMA.value}: {e}") from None
+  _noise(None, check_only=True)  # The family's own checks of its settings and scale.
   if not 0 <= _SEED.value < 2**32:
     raise InputError(f"--seed must be in [0, 2^32), got {_SEED.value}")
   if _EPOCH.value is not None and _EPOCH.value < 0:
@@ -176,18 +185,35 @@ def _plot_path() -> str:
   return _PLOT.value or _OUTFILE.value + ".png"
 
 
-def _noise_level(config) -> float:
-  if _SIGMA.value is not None:
-    return float(_SIGMA.value)
-  sd = config.get("noise_sd")
-  where = f"config.json of {_WORKDIR.value}"
-  if isinstance(sd, bool) or not isinstance(sd, int | float) or not math.isfinite(sd):
-    raise InputError(f"{where} has noise_sd = {sd!r}, not a noise level; pass --sigma")
-  if sd == 0:
-    raise InputError("the run was trained without noise (noise_sd = 0); pass --sigma")
-  if sd < 0:
-    raise InputError(f"{where} has noise_sd = {sd}, which is negative; pass --sigma")
-  return float(sd)
+def _noise(config, *, dim: int | None = None, check_only: bool = False) -> noise.Noise:
+  """The certification noise: --noise and --sigma, else the run's training noise.
+
+  With ``check_only`` (before the workdir is read) the flags alone are checked, a
+  scale left to the training run standing in as 1.
+  """
+  spec = _NOISE.value
+  default = 1.0 if check_only else None
+  if not check_only and (spec is None or _SIGMA.value is None):
+    sd = config.get("noise_sd")
+    where = f"config.json of {_WORKDIR.value}"
+    if isinstance(sd, bool) or not isinstance(sd, int | float) or not math.isfinite(sd):
+      raise InputError(f"{where} has noise_sd = {sd!r}, not a noise level; pass --sigma")
+    if sd < 0:
+      raise InputError(f"{where} has noise_sd = {sd}, which is negative; pass --sigma")
+    default = float(sd) if sd > 0 else None
+    if spec is None:
+      spec = config.get("noise", "gaussian")
+  if check_only and spec is None:
+    spec = "gaussian"
+  try:
+    return noise.parse(spec, sigma=_SIGMA.value, default_sigma=default, dim=dim)
+  except InputError as e:
+    if "has no scale" in str(e):
+      raise InputError(
+        "the run was trained without noise (noise_sd = 0); pass --sigma or --noise FAMILY:SIGMA"
+      ) from None
+    flag = f"--noise {_NOISE.value}" if _NOISE.value else "the training noise (config.noise)"
+    raise InputError(f"{flag}: {e}") from None
 
 
 def _select(num_inputs: int) -> np.ndarray:
@@ -211,14 +237,21 @@ def certify_main():
   predict_mode = _PREDICT.value
   model, config, info, meta = checkpointing.restore_model(_WORKDIR.value, _EPOCH.value)
   del info
-  sigma = _noise_level(config)
-  noise_dist = noise.from_name(_NOISE, sigma)
-  split = data_lib.load(config.dataset, data_dir=config.get("data_dir") or None).split(_SPLIT.value)
+  dataset = data_lib.load(config.dataset, data_dir=config.get("data_dir") or None)
+  noise_dist = _noise(config, dim=math.prod(dataset.info.image_shape))
+  split = dataset.split(_SPLIT.value)
   indices = _select(len(split))
   columns = (
     (*results.PREDICT_COLUMNS, results.INPUT_HASH_COLUMN)
     if predict_mode
-    else (*results.CERTIFY_COLUMNS, "p_lower", "count", "n", results.INPUT_HASH_COLUMN)
+    else (
+      *results.CERTIFY_COLUMNS,
+      "p_lower",
+      "count",
+      "n",
+      *results.RADIUS_COLUMNS.values(),
+      results.INPUT_HASH_COLUMN,
+    )
   )
   settings = {
     "mode": "predict" if predict_mode else "certify",
@@ -228,8 +261,9 @@ def certify_main():
     "model_fingerprint": results.fingerprint(nnx.state(model)),
     "dataset": str(config.dataset),
     "split": _SPLIT.value,
-    "noise": noise_dist.name,
-    "noise_scale": sigma,
+    "noise": noise_dist.spec,
+    "noise_norm": noise_dist.norm,
+    "noise_scale": noise_dist.std,
     "n": _N.value,
     "alpha": _ALPHA.value,
     "seed": _SEED.value,
@@ -242,6 +276,7 @@ def certify_main():
       "there (the workdir was retrained or replaced)"
     ),
     "dataset": "the workdir's config names another dataset",
+    "noise": "the noise (--noise and --sigma, default the training noise) differs",
     "noise_scale": "the noise level (--sigma, default the training noise_sd) differs",
   }
   parent = os.path.dirname(outfile)
@@ -292,6 +327,7 @@ def _run(model, split, indices, writer, noise_dist, predict_mode) -> None:
             # The votes of the class that p_lower bounds, abstention or not.
             "count": int(c.counts[c.top_class]),
             "n": _N.value,
+            **{column: c.radii[norm] for norm, column in results.RADIUS_COLUMNS.items()},
           }
           for c in certs
         ]
@@ -316,26 +352,44 @@ def _run_names(paths):
       settings = results.read_settings(path) or {}
     except InputError:
       settings = {}  # Named by its file alone; the rows are what the table is about.
-    # Older files recorded the Gaussian noise as "sigma".
+    # Older files recorded the Gaussian noise as "sigma" and the family alone as "noise".
     scale = settings.get("noise_scale", settings.get("sigma"))
+    spec = settings.get("noise", "gaussian")
     if isinstance(scale, int | float) and isinstance(settings.get("n"), int):
-      name += f" (sigma={scale:g}, n={settings['n']})"
+      noise_name = spec if ":" in str(spec) else f"{spec}:{scale:g}"
+      name += f" ({noise_name}, n={settings['n']})"
     out.append(name)
   return out
 
 
 def _report(paths, plot_path):
   """Prints the certified-accuracy table and writes the plot."""
-  loaded = {name: results.read_results(p) for name, p in zip(_run_names(paths), paths, strict=True)}
+  norm = _NORM.value
+  loaded = {}
+  for name, path in zip(_run_names(paths), paths, strict=True):
+    res = results.read_results(path)
+    loaded[name] = res if norm is None else analysis.in_norm(res, norm)
+  if norm is None:
+    # Each file's radius column is in its noise's primary norm; name it if they agree.
+    primaries = set()
+    for path in paths:
+      try:
+        primaries.add(analysis.primary_norm(results.read_settings(path)))
+      except InputError:
+        primaries.add("l2")
+    norm_label = primaries.pop() if len(primaries) == 1 else "each file's primary norm"
+  else:
+    norm_label = norm
   max_radius = _MAX_RADIUS.value
   if max_radius is None:
     radii = np.concatenate([r.radius for r in loaded.values()])
     top = float(np.nanmax(radii, initial=0.0)) if radii.size else 0.0
-    max_radius = max(0.25 * np.ceil(top / 0.25), 0.25)
+    max_radius = analysis.default_max_radius(top)
   radii = analysis.default_radii(max_radius, analysis.radius_step(max_radius))
+  print(f"certified accuracy (%) against radius in {norm_label}")
   print(analysis.table(loaded, radii, fmt=_FORMAT.value))
   if plot_path:
-    analysis.plot_certified_accuracy(loaded, plot_path, max_radius=max_radius)
+    analysis.plot_certified_accuracy(loaded, plot_path, max_radius=max_radius, norm=norm_label)
     print(f"plot: {plot_path}")
 
 
