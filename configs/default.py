@@ -36,8 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
     dict(norm="linf", eps=0.3, steps=10, step_size=0.0, random_start=True)
   )  # fgsm / pgd; step_size 0: 2.5 * eps / steps
   config.smoothadv = ml_collections.ConfigDict(
-    dict(m=2, eps=0.25, steps=2, step_size=0.0, warmup_epochs=10)
-  )  # step_size 0: 2 * eps / steps; eps grows linearly over warmup_epochs
+    dict(m=2, eps=0.25, steps=2, step_size=0.0, warmup_epochs=10, norm="l2")
+  )  # step_size 0: 2 * eps / steps; eps grows linearly over warmup_epochs; norm "l1" for
+  # Laplace / uniform noise (Yang et al. 2020), "l2" (Salman et al.) or "linf"
   config.consistency = ml_collections.ConfigDict(dict(m=2, lbd=10.0, eta=0.5))
   config.macer = ml_collections.ConfigDict(
     dict(m=16, beta=16.0, gamma=8.0, lbd=12.0, warmup_epochs=0)

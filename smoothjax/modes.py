@@ -21,7 +21,9 @@ is trained on), other entries are logged as ``train_<name>``.
   Adversarially Trained Smoothed Classifiers", NeurIPS 2019): PGD on the soft
   smoothed classifier's cross-entropy ``-log G(x + delta)_y`` estimated with the
   ``m`` noise samples that are then added to the adversarial point for training
-  (``config.smoothadv``), with eps warm-up over the first epochs.
+  (``config.smoothadv``), with eps warm-up over the first epochs. The attack's
+  norm is l2 (Salman et al.) by default; ``smoothadv.norm = "l1"`` is Yang et al.
+  2020's adversarial training of Laplace and uniform smoothing in their own norm.
 * ``consistency``: Jeong and Shin, "Consistency Regularization for Certified
   Robustness of Smoothed Classifiers" (NeurIPS 2020) (``config.consistency``).
 * ``macer``: Zhai et al., "MACER: Attack-free and Scalable Robust Training via
@@ -215,7 +217,16 @@ def _adversarial(config, noise, *, single_step: bool) -> LossFn:
 
 # Salman et al.'s CIFAR-10 settings range over m in {1, 2, 4, 8}, eps in {0.25, 0.5, 1, 2},
 # steps in {1, 2, 4, 8, 10}, with a 10-epoch eps warm-up; these defaults are a cheap middle.
-SMOOTHADV_DEFAULTS = {"m": 2, "eps": 0.25, "steps": 2, "step_size": 0.0, "warmup_epochs": 10}
+# norm: Salman et al.'s l2; "l1" is Yang et al. 2020's attack against Laplace and uniform
+# smoothing (sparse sign steps, l1 projection; see smoothjax.attacks), "linf" sign steps.
+SMOOTHADV_DEFAULTS = {
+  "m": 2,
+  "eps": 0.25,
+  "steps": 2,
+  "step_size": 0.0,
+  "warmup_epochs": 10,
+  "norm": "l2",
+}
 
 
 def _smoothadv(config, noise) -> LossFn:
@@ -226,6 +237,10 @@ def _smoothadv(config, noise) -> LossFn:
   steps = _number(s, "steps", low=1, integer=True)
   step_size = _number(s, "step_size", low=0) or None
   warmup = _number(s, "warmup_epochs", low=1, integer=True)
+  if s["norm"] not in attacks.NORMS:
+    raise InputError(
+      f"smoothadv.norm must be one of {', '.join(attacks.NORMS)}, got {s['norm']!r}"
+    )
 
   def loss_fn(model, key, images, labels, epoch):
     # Salman et al.'s warm-up: eps grows linearly to its value over the first epochs.
@@ -236,6 +251,7 @@ def _smoothadv(config, noise) -> LossFn:
       eps=eps * scale,
       steps=steps,
       step_size=None if step_size is None else step_size * scale,
+      norm=s["norm"],
     )
     x_adv = jax.lax.stop_gradient(attack(images, labels, eps_noise))
     logits = model((x_adv[None] + eps_noise).reshape(-1, *images.shape[1:]))

@@ -121,11 +121,12 @@ def _scalar(column: str, value: Any) -> Any:
 
 
 def format_value(column: str, value: Any) -> str:
-  """Text for one cell: ints as ints, radii with 4 decimals, times as timedelta strings.
+  """Text for one cell: ints as ints, radii rounded, times as timedelta strings.
 
   Args:
-    column: column name; it decides the float format (``radius*``: 4 decimals,
-      ``p_lower``: 6 decimals, ``time``: ``str(datetime.timedelta)``, others: the
+    column: column name; it decides the float format (``radius``: 4 decimals,
+      ``radius_<norm>``: 6 significant digits, ``p_lower``: 6 decimals, ``time``:
+      ``str(datetime.timedelta)``, others: the
       shortest text that reads back to the same float).
     value: a Python, NumPy or 0-d JAX scalar, a string or a ``timedelta``.
 
@@ -146,8 +147,11 @@ def format_value(column: str, value: Any) -> str:
       if not value.is_integer():
         raise ValueError(f"column {column!r} holds integers, got {value!r}")
       return str(int(value))
-    if column == "radius" or column.startswith("radius_"):
+    if column == "radius":
       return f"{value:.4f}"
+    if column.startswith("radius_"):
+      # Six significant digits: linf radii are often of order 1e-4.
+      return f"{value:.6g}"
     if column in _SIX_DECIMAL_COLUMNS:
       return f"{value:.6f}"
     return repr(value)

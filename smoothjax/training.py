@@ -346,10 +346,15 @@ def _loop(run: _Run, state, start_step: int, partial: Mapping | None) -> dict:
       "test_accuracy": clean,
       "test_accuracy_noisy": noisy,
       "noise_sd": config.noise_sd,
+      "noise": None if trainer.noise is None else trainer.noise.spec,
       "seconds": time.time() - t0,
     }
     if first:
       last["resumed_at_step"] = start_step
+    # Gaussian noise is named by its sigma alone, as before other families existed.
+    noise_name = f"{config.noise_sd:g}"
+    if trainer.noise is not None and trainer.noise.name != "gaussian":
+      noise_name = f"{trainer.noise.name} {noise_name}"
     extra = "".join(
       f"  {k[6:]} {v:.4f}"
       for k, v in last.items()
@@ -358,7 +363,7 @@ def _loop(run: _Run, state, start_step: int, partial: Mapping | None) -> dict:
     print(
       f"epoch {epoch + 1:3d}/{config.num_epochs}  loss {last['train_loss']:.4f}  "
       f"train acc {last['train_accuracy']:.4f}{extra}  test acc {clean:.4f}  "
-      f"test acc (noise {config.noise_sd:g}) {noisy:.4f}  {last['seconds']:.1f}s",
+      f"test acc (noise {noise_name}) {noisy:.4f}  {last['seconds']:.1f}s",
       flush=True,
     )
     with open(metrics_path, "a") as f:

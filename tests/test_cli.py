@@ -105,7 +105,7 @@ def test_predict_mode_and_analyze(workdir, tmp_path):
   assert lines[0].split("\t") == [*results.PREDICT_COLUMNS, "input_hash"]
   assert len(lines) == 1 + 6  # inputs 0, 199, ..., 995
   out = run("certify.py", "analyze", str(pred))
-  row = [ln for ln in out.stdout.splitlines() if ln.startswith("| pred.tsv (sigma=0.25, n=200)")]
+  row = [ln for ln in out.stdout.splitlines() if ln.startswith("| pred.tsv (gaussian:0.25, n=200)")]
   assert row and "| - |" in row[0]  # no radii in a predict file
   # A file in the format of Cohen et al.'s certify.py beside one of ours.
   cohen = tmp_path / "cohen_noise_0.25.tsv"
@@ -441,8 +441,11 @@ def bad_input_outcomes(workdir, tmp_path_factory):
   (fx / "abstain.tsv").write_text(GOOD_TSV + "1\t2\t-1\t2.0\t0\t0:00:01\n")
   (fx / "conflict.tsv").write_text(GOOD_TSV + "0\t3\t3\t0.7\t1\t0:00:01\n")
   (fx / "empty.tsv").write_text(GOOD_TSV.splitlines(keepends=True)[0])
-  header = "\t".join([*results.CERTIFY_COLUMNS, "p_lower", "count", "n", "input_hash"])
-  (fx / "damaged.tsv").write_text(header + "\n0\t3\t3\t0.5\t1\t0:00:01\t0.9\t45\t50\tab12\n")
+  header = "\t".join(
+    [*results.CERTIFY_COLUMNS, "p_lower", "count", "n", *results.RADIUS_COLUMNS.values(), "input_hash"]
+  )
+  row = "0\t3\t3\t0.5\t1\t0:00:01\t0.9\t45\t50\t0.5\t0.5\t0.02\tab12"
+  (fx / "damaged.tsv").write_text(header + "\n" + row + "\n")
   (fx / "damaged.tsv.settings.json").write_text("[1, 2]")
   negative_sd = root / "negative_sd"
   shutil.copytree(workdir, negative_sd)

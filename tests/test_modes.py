@@ -135,6 +135,7 @@ def test_attacks_in_training_use_eval_mode_and_leave_batch_statistics_alone(batc
     ("smoothadv", "m", 0, "smoothadv.m"),
     ("smoothadv", "eps", float("nan"), "smoothadv.eps"),
     ("smoothadv", "warmup_epochs", 0, "smoothadv.warmup_epochs"),
+    ("smoothadv", "norm", "l3", "smoothadv.norm"),
     ("consistency", "m", 0, "consistency.m"),
     ("consistency", "lbd", -1.0, "consistency.lbd"),
     ("macer", "beta", 0.0, "macer.beta"),
@@ -222,3 +223,63 @@ def test_macer_warmup_ramps_the_radius_term_from_zero():
   assert float(loss(2, 0)[0]) == pytest.approx(float(plain), rel=1e-6)
   assert float(loss(2, 1)[0]) == pytest.approx((float(full) + float(plain)) / 2, rel=1e-5)
   assert float(loss(2, 5)[0]) == pytest.approx(float(full), rel=1e-6)
+
+
+@pytest.mark.parametrize("family", ["laplace", "uniform", "expinf"])
+def test_noise_mode_trains_under_the_configured_family(family):
+  """``config.noise`` picks the family; ``noise_sd`` is its per-coordinate std."""
+  import scipy.stats
+
+  from smoothjax import noise as noise_lib
+
+  images = np.full((64, 28, 28, 1), 0.5, np.float32)
+  labels = np.zeros(64, np.int32)
+  seen = []
+
+  def model(x):
+    seen.append(np.asarray(x))
+    return jnp.zeros((x.shape[0], 10))
+
+  config = mode_config("noise", noise_sd=0.3, noise=family)
+  modes.build(config)(model, jax.random.key(5), images, labels, 0)
+  eps = (seen[0] - 0.5).astype(np.float64)
+  assert abs(eps.std() / 0.3 - 1) < 0.02
+  expected = noise_lib.parse(family, sigma=0.3, dim=784)
+  assert modes.noise_from_config(config) == noise_lib.parse(family, sigma=0.3)
+  if family == "expinf":
+    # One sample per image: its linf norm is lambda * Gamma(d)^(1/k) with k = 1.
+    radius = np.abs(eps.reshape(64, -1)).max(axis=1) / expected.lambda_
+    assert scipy.stats.kstest(radius, scipy.stats.gamma(784).cdf).pvalue > 1e-3
+  else:
+    law = {"laplace": scipy.stats.laplace, "uniform": scipy.stats.uniform}[family]
+    dist = law(0, expected.lambda_) if family == "laplace" else law(-expected.lambda_, 2 * expected.lambda_)
+    assert scipy.stats.kstest(eps.ravel()[:20_000], dist.cdf).pvalue > 1e-3
+
+
+def test_noise_family_errors_name_the_config_field():
+  with pytest.raises(InputError, match="config.noise: unknown noise 'cauchy'"):
+    modes.build(mode_config("noise", noise="cauchy"))
+  with pytest.raises(InputError, match="config.noise: .*sets its own scale"):
+    modes.build(mode_config("noise", noise="laplace:0.5"))
+  with pytest.raises(InputError, match="macer's radius term is for Gaussian noise, not laplace"):
+    modes.build(mode_config("macer", noise="laplace"))
+
+
+@pytest.mark.parametrize(("family", "norm"), [("laplace", "l1"), ("uniform", "l1"), ("gaussian", "linf")])
+def test_smoothadv_attacks_in_the_configured_norm(batches, family, norm):
+  """SmoothAdv under Laplace / uniform noise in l1 (Yang et al.) raises the training loss."""
+  info, split = batches
+  images, labels = split.get(np.arange(16))
+  labels = labels.astype(np.int32)
+
+  def loss(eps):
+    config = mode_config("smoothadv", noise=family, noise_sd=0.25)
+    config.smoothadv.norm = norm
+    config.smoothadv.eps = eps
+    config.smoothadv.steps = 4
+    model = training.make_trainer(config, info, steps_per_epoch=10).model
+    return float(modes.build(config)(model, jax.random.key(1), images, labels, 5)[0])
+
+  clean = loss(0.0)
+  attacked = loss(4.0 if norm == "l1" else 0.1)
+  assert np.isfinite(clean) and attacked > clean + 1e-3

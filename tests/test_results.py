@@ -41,7 +41,7 @@ def make_row(i: int) -> dict:
     "p_lower": 0.5 + i / 100,
     "count": 900 + i,
     "n": 1000,
-    "radius_l1": 0.3 * i,
+    "radius_l1": 0.0 if predict == -1 else 0.3 * i,
   }
 
 

@@ -265,7 +265,8 @@ def test_certify_clear_input_gives_expected_certificate():
   assert cert.prediction == 1 and cert.top_class == 1
   assert cert.p_lower == pytest.approx(expected_lower, rel=1e-12)
   assert cert.radius == pytest.approx(SIGMA * scipy.stats.norm.ppf(expected_lower), rel=1e-12)
-  assert cert.radii == {"l2": cert.radius}
+  # l1 balls lie in the l2 ball of the same radius, linf ones in that of radius sqrt(d) r.
+  assert cert.radii == {"l1": cert.radius, "l2": cert.radius, "linf": cert.radius / 2}
   assert 0 < cert.radius < true_margin(x)
   assert cert.counts.dtype == np.int64 and cert.counts.shape == (2,)
   assert not cert.abstained

@@ -173,7 +173,10 @@ def describe(settings: Mapping) -> str:
   if settings.get("steps"):
     text += f", {settings['steps']} steps"
   if settings.get("smoothed"):
-    text += f", sigma={settings.get('sigma'):g}, m={settings.get('m')}, n={settings.get('n')}"
+    family = str(settings.get("noise") or "gaussian").split(":")[0]
+    scale = f"sigma={settings.get('sigma'):g}"
+    scale = scale if family == "gaussian" else f"{family} {scale}"
+    text += f", {scale}, m={settings.get('m')}, n={settings.get('n')}"
   return text
 
 
@@ -372,7 +375,7 @@ def _smoothed_attack(noise_dist, m, steps, step_size, norm):
 class _Evaluator:
   """Clean and adversarial predictions of fixed-size (padded) batches of inputs."""
 
-  def __init__(self, o: Options, model, split, *, sigma, mesh):
+  def __init__(self, o: Options, model, split, *, noise_dist, mesh):
     self.o = o
     self.model = model if mesh is None else parallel.replicate(model, mesh)
     self.split = split
@@ -383,7 +386,7 @@ class _Evaluator:
     size = max(1, o.batch // o.m) if o.smoothed else o.batch
     self.size = -(-size // devices) * devices
     if o.smoothed:
-      self.noise = noise.Gaussian(sigma)
+      self.noise = noise_dist
       self.attack = _smoothed_attack(self.noise, o.m, o.steps, o.step_size, o.norm)
     else:
       self.attack = _base_attack(_attack_factory(o))
@@ -462,12 +465,20 @@ def run_attack(o: Options) -> dict:
   """
   o = check_options(o)
   model, config, _, meta = checkpointing.restore_model(o.workdir, o.epoch)
-  sigma = None
+  sigma = noise_dist = None
+  dataset = data_lib.load(config.dataset, data_dir=config.get("data_dir") or None)
   if o.smoothed:
     sigma = o.sigma if o.sigma is not None else float(config.noise_sd)
     if sigma <= 0:
       raise InputError("the run was trained without noise (noise_sd = 0); pass --sigma")
-  split = data_lib.load(config.dataset, data_dir=config.get("data_dir") or None).split(o.split)
+    # The run's noise family (config.noise) at that sigma.
+    try:
+      noise_dist = noise.parse(
+        config.get("noise", "gaussian"), sigma=sigma, dim=math.prod(dataset.info.image_shape)
+      )
+    except InputError as e:
+      raise InputError(f"the training noise (config.noise) of {o.workdir}: {e}") from None
+  split = dataset.split(o.split)
   indices = select_indices(len(split), o.skip, o.max, o.count)
   if not len(indices):
     raise InputError(
@@ -475,8 +486,9 @@ def run_attack(o: Options) -> dict:
       f"{o.split!r}; lower --skip or raise --max"
     )
   settings = _settings(o, model, meta, config, sigma)
+  settings["noise"] = noise_dist.spec if noise_dist is not None else None
   mesh = parallel.make_mesh() if jax.device_count() > 1 else None
-  evaluate = _Evaluator(o, model, split, sigma=sigma, mesh=mesh)
+  evaluate = _Evaluator(o, model, split, noise_dist=noise_dist, mesh=mesh)
 
   parent = os.path.dirname(o.outfile)
   if parent:

@@ -191,6 +191,11 @@ def _noise(config, *, dim: int | None = None, check_only: bool = False) -> noise
   With ``check_only`` (before the workdir is read) the flags alone are checked, a
   scale left to the training run standing in as 1.
   """
+  if _SIGMA.value is not None:
+    try:
+      noise.Gaussian(sigma=_SIGMA.value)  # Every family's bounds on sigma are these.
+    except InputError as e:
+      raise InputError(f"--sigma {_SIGMA.value}: {e}") from None
   spec = _NOISE.value
   default = 1.0 if check_only else None
   if not check_only and (spec is None or _SIGMA.value is None):

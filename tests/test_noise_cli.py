@@ -1,0 +1,179 @@
+"""The noise families through the programs: train.py, certify.py, analyze, attack.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import assert_one_line_error, run, train_tiny
+
+from smoothjax import noise as noise_lib
+from smoothjax import results
+
+DIM = 28 * 28
+ARGS = ("--n0=20", "--n=400", "--alpha=0.01", "--batch=200", "--skip=199")
+
+
+@pytest.fixture(scope="module")
+def laplace_workdir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("laplace") / "run"
+  train_tiny(workdir, "--config.noise=laplace", "--config.noise_sd=0.5")
+  return workdir
+
+
+def _certify(workdir, out, *extra, check=True):
+  return run("certify.py", f"--workdir={workdir}", f"--outfile={out}", *ARGS, *extra, check=check)
+
+
+def test_training_records_and_evaluates_under_its_noise(laplace_workdir):
+  config = json.loads((laplace_workdir / "config.json").read_text())
+  assert config["noise"] == "laplace" and config["noise_sd"] == 0.5 and config["mode"] == "noise"
+  metrics = json.loads((laplace_workdir / "metrics.jsonl").read_text().splitlines()[-1])
+  assert metrics["noise"] == "laplace:0.5" and 0.3 < metrics["test_accuracy_noisy"] <= 1.0
+
+
+@pytest.mark.parametrize(
+  "spec", [None, "uniform:0.5", "expinf:0.5:k=1:j=0", "gaussian:0.5", "expinf:lambda=0.002:k=2"]
+)
+def test_certify_with_each_family_writes_radii_in_every_norm(laplace_workdir, tmp_path, spec):
+  out = tmp_path / "c.tsv"
+  proc = _certify(laplace_workdir, out, *([f"--noise={spec}"] if spec else []))
+  noise = noise_lib.parse(spec or "laplace:0.5", dim=DIM)
+  settings = results.read_settings(str(out))
+  assert settings["noise"] == noise.spec and settings["noise_norm"] == noise.norm
+  assert settings["noise_scale"] == pytest.approx(noise.sigma, rel=1e-12)
+  header = out.read_text().splitlines()[0].split("\t")
+  assert header[:6] == list(results.CERTIFY_COLUMNS)
+  assert [c for c in header if c.startswith("radius_")] == ["radius_l1", "radius_l2", "radius_linf"]
+  assert f"against radius in {noise.norm}" in proc.stdout
+  res = results.read_results(str(out))
+  assert len(res.idx) == 6
+  ok = res.predict >= 0
+  assert ok.sum() >= 3  # the tiny model certifies most of these digits
+  p = res.extra["p_lower"][ok]
+  for norm in noise_lib.NORMS:
+    column = res.extra[f"radius_{norm}"]
+    np.testing.assert_array_equal(column[~ok], 0.0)
+    # p_lower is written with 6 decimals: compare radii computed from it.
+    expected = noise.radius(p, norm, dim=DIM)
+    np.testing.assert_allclose(column[ok], expected, rtol=2e-3, atol=1e-6)
+  # `radius` is Cohen's column, in the family's primary norm.
+  np.testing.assert_allclose(res.radius, res.extra[f"radius_{noise.norm}"], atol=5e-5)
+
+
+def test_resuming_with_another_noise_is_refused(laplace_workdir, tmp_path):
+  out = tmp_path / "r.tsv"
+  _certify(laplace_workdir, out, "--count=1")
+  before = out.read_text()
+  for extra in (["--noise=uniform:0.5"], ["--noise=laplace:0.4"], ["--sigma=0.4"]):
+    proc = _certify(laplace_workdir, out, "--count=2", *extra, check=False)
+    assert_one_line_error(proc, "noise")
+    assert out.read_text() == before
+  # The same noise written out in full is the same setting.
+  _certify(laplace_workdir, out, "--count=2", "--noise=laplace:0.5")
+  assert len(out.read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize(
+  ("extra", "message"),
+  [
+    (["--noise=laplace:-1"], "--noise laplace:-1: sigma must be a finite number > 0"),
+    (["--noise=cauchy:0.5"], "unknown noise 'cauchy'"),
+    (["--noise=expinf:0.5:k=0.5"], "expinf noise needs k >= 1"),
+    (["--noise=expinf:0.5:j=783"], "j < d - 1 = 783"),
+    (["--noise=uniform:0.5", "--sigma=0.25"], "sets its own scale, and sigma 0.25 is also given"),
+    (["--noise=uniform:0.5:x=1"], "unknown setting 'x'"),
+  ],
+)
+def test_bad_noise_is_one_line_and_writes_nothing(laplace_workdir, tmp_path, extra, message):
+  out = tmp_path / "sub" / "bad.tsv"
+  proc = _certify(laplace_workdir, out, *extra, check=False)
+  assert_one_line_error(proc, message)
+  assert not (tmp_path / "sub").exists()
+
+
+def test_analyze_in_a_chosen_norm_mixes_families(laplace_workdir, tmp_path):
+  lap, gauss, uni = tmp_path / "lap.tsv", tmp_path / "gauss.tsv", tmp_path / "uni.tsv"
+  _certify(laplace_workdir, lap)
+  _certify(laplace_workdir, gauss, "--noise=gaussian:0.5")
+  _certify(laplace_workdir, uni, "--noise=uniform:0.5")
+  plot = tmp_path / "l1.png"
+  out = run("certify.py", "analyze", str(lap), str(gauss), str(uni), "--norm=l1", f"--plot={plot}")
+  assert "certified accuracy (%) against radius in l1" in out.stdout
+  rows = [ln for ln in out.stdout.splitlines() if ln.startswith("| ")]
+  names = [r.split("|")[1].strip() for r in rows[1:]]
+  assert names == [
+    "lap.tsv (laplace:0.5, n=400)",
+    "gauss.tsv (gaussian:0.5, n=400)",
+    "uni.tsv (uniform:0.5, n=400)",
+  ]
+  assert plot.stat().st_size > 1000
+  # The table's ACR column is the mean l1 radius of correct certificates.
+  for path, row in zip((lap, gauss, uni), rows[1:], strict=True):
+    res = results.read_results(str(path))
+    radius = np.where(res.predict == res.label, res.extra["radius_l1"], 0.0)
+    acr = float(row.split("|")[-3])
+    assert acr == pytest.approx(radius.mean(), abs=6e-4)
+  # Without --norm, mixed primary norms are said to be mixed.
+  out = run("certify.py", "analyze", str(lap), str(gauss), "--plot=")
+  assert "against radius in each file's primary norm" in out.stdout
+  # linf: the radii are small, the table's radii shrink with them.
+  out = run("certify.py", "analyze", str(uni), "--norm=linf", "--plot=")
+  header = [ln for ln in out.stdout.splitlines() if ln.startswith("| run")][0]
+  assert "r = 0.000" in header or "r = 0.0000" in header
+
+
+def test_analyze_in_a_norm_a_file_lacks_says_so(tmp_path):
+  cohen = tmp_path / "cohen.tsv"
+  cohen.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t3\t3\t0.52\t1\t0:00:01\n")
+  out = run("certify.py", "analyze", str(cohen), "--norm=l2", "--plot=")
+  assert "against radius in l2" in out.stdout
+  proc = run("certify.py", "analyze", str(cohen), "--norm=l1", "--plot=", check=False)
+  assert_one_line_error(proc, "has no radius_l1 column and its radius column is in l2")
+
+
+def test_train_refuses_a_bad_noise_before_writing(tmp_path):
+  for extra, message in (
+    (["--config.noise=cauchy"], "config.noise: unknown noise 'cauchy'"),
+    (["--config.noise=expinf:k=0"], "expinf noise needs k >= 1"),
+    (["--config.mode=macer", "--config.noise=uniform"], "for Gaussian noise, not uniform"),
+  ):
+    workdir = tmp_path / "w"
+    proc = run(
+      "train.py",
+      "--config=configs/default.py",
+      f"--workdir={workdir}",
+      "--config.model=cnn_tiny",
+      *extra,
+      check=False,
+    )
+    assert_one_line_error(proc, message)
+    assert not workdir.exists()
+
+
+def test_smoothed_attack_uses_the_runs_noise_in_l1(laplace_workdir, tmp_path):
+  out = tmp_path / "adv.tsv"
+  proc = run(
+    "attack.py",
+    f"--workdir={laplace_workdir}",
+    f"--outfile={out}",
+    "--smoothed",
+    "--norm=l1",
+    "--eps=1.0,4.0",
+    "--m=4",
+    "--steps=3",
+    "--n=100",
+    "--alpha=0.01",
+    "--batch=200",
+    "--count=4",
+    "--skip=250",
+  )
+  settings = results.read_settings(str(out))
+  assert settings["noise"] == "laplace:0.5" and settings["norm"] == "l1"
+  assert "laplace sigma=0.5" in proc.stdout
+  lines = out.read_text().splitlines()
+  assert len(lines) == 5
+  res = results.read_results(str(out))
+  for eps in ("1", "4"):
+    assert set(res.extra[f"correct_eps{eps}"]) <= {0, 1}
