@@ -238,9 +238,7 @@ def _smoothadv(config, noise) -> LossFn:
   step_size = _number(s, "step_size", low=0) or None
   warmup = _number(s, "warmup_epochs", low=1, integer=True)
   if s["norm"] not in attacks.NORMS:
-    raise InputError(
-      f"smoothadv.norm must be one of {', '.join(attacks.NORMS)}, got {s['norm']!r}"
-    )
+    raise InputError(f"smoothadv.norm must be one of {', '.join(attacks.NORMS)}, got {s['norm']!r}")
 
   def loss_fn(model, key, images, labels, epoch):
     # Salman et al.'s warm-up: eps grows linearly to its value over the first epochs.

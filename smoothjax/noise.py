@@ -197,8 +197,7 @@ class Noise(abc.ABC):
     sources = [
       s
       for s in self.norms
-      if dim is not None
-      or (s not in self._dim_norms and _EXPONENT[norm] <= _EXPONENT[s])
+      if dim is not None or (s not in self._dim_norms and _EXPONENT[norm] <= _EXPONENT[s])
     ] or self.norms
     best = None
     with np.errstate(divide="ignore"):  # p = 1 certifies an infinite radius

@@ -442,7 +442,14 @@ def bad_input_outcomes(workdir, tmp_path_factory):
   (fx / "conflict.tsv").write_text(GOOD_TSV + "0\t3\t3\t0.7\t1\t0:00:01\n")
   (fx / "empty.tsv").write_text(GOOD_TSV.splitlines(keepends=True)[0])
   header = "\t".join(
-    [*results.CERTIFY_COLUMNS, "p_lower", "count", "n", *results.RADIUS_COLUMNS.values(), "input_hash"]
+    [
+      *results.CERTIFY_COLUMNS,
+      "p_lower",
+      "count",
+      "n",
+      *results.RADIUS_COLUMNS.values(),
+      "input_hash",
+    ]
   )
   row = "0\t3\t3\t0.5\t1\t0:00:01\t0.9\t45\t50\t0.5\t0.5\t0.02\tab12"
   (fx / "damaged.tsv").write_text(header + "\n" + row + "\n")

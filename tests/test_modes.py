@@ -252,7 +252,11 @@ def test_noise_mode_trains_under_the_configured_family(family):
     assert scipy.stats.kstest(radius, scipy.stats.gamma(784).cdf).pvalue > 1e-3
   else:
     law = {"laplace": scipy.stats.laplace, "uniform": scipy.stats.uniform}[family]
-    dist = law(0, expected.lambda_) if family == "laplace" else law(-expected.lambda_, 2 * expected.lambda_)
+    dist = (
+      law(0, expected.lambda_)
+      if family == "laplace"
+      else law(-expected.lambda_, 2 * expected.lambda_)
+    )
     assert scipy.stats.kstest(eps.ravel()[:20_000], dist.cdf).pvalue > 1e-3
 
 
@@ -265,7 +269,9 @@ def test_noise_family_errors_name_the_config_field():
     modes.build(mode_config("macer", noise="laplace"))
 
 
-@pytest.mark.parametrize(("family", "norm"), [("laplace", "l1"), ("uniform", "l1"), ("gaussian", "linf")])
+@pytest.mark.parametrize(
+  ("family", "norm"), [("laplace", "l1"), ("uniform", "l1"), ("gaussian", "linf")]
+)
 def test_smoothadv_attacks_in_the_configured_norm(batches, family, norm):
   """SmoothAdv under Laplace / uniform noise in l1 (Yang et al.) raises the training loss."""
   info, split = batches
