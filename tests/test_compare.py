@@ -55,13 +55,13 @@ def test_compare_writes_one_table_from_the_programs_files(runs):
     table = list(csv.reader(f))
   header, rows = table[0], table[1:]
   assert [r[0] for r in rows] == ["standard", "gaussian"]
-  assert header[:5] == ["run", "mode", "trained sigma", "certified sigma", "clean"]
+  assert header[:6] == ["run", "mode", "noise", "trained sigma", "certified sigma", "clean"]
   for row in rows:
     folder = out / row[0]
     pgd = attack_cli.summarize(folder / "attack_pgd_l2.tsv")
     fgsm = attack_cli.summarize(folder / "attack_fgsm_linf.tsv")
     assert pgd["inputs"] == 10  # indices 0, 100, ..., 900
-    assert float(row[4]) == pytest.approx(100 * pgd["clean_accuracy"], abs=0.05)
+    assert float(row[5]) == pytest.approx(100 * pgd["clean_accuracy"], abs=0.05)
     assert float(row[header.index("pgd l2 1")]) == pytest.approx(100 * pgd["accuracy"][0], abs=0.05)
     assert float(row[header.index("fgsm linf 0.1")]) == pytest.approx(
       100 * fgsm["accuracy"][0], abs=0.05
@@ -71,7 +71,7 @@ def test_compare_writes_one_table_from_the_programs_files(runs):
     assert float(row[header.index("cert r=0")]) == pytest.approx(
       100 * analysis.certified_accuracy(cert, 0.0), abs=0.05
     )
-  assert rows[0][3] == "0.25" and rows[1][2] == "0.25"
+  assert rows[0][4] == "0.25" and rows[1][3] == "0.25" and rows[1][2] == "gaussian"
   assert os.path.getsize(out / "comparison.png") > 10_000
 
   # Rerunning finds every file complete: nothing is recomputed, the table is the same.

@@ -79,7 +79,8 @@ def test_row_format_matches_cohen_columns(tmp_path):
       }
     )
   line = path.read_text().splitlines()[1]
-  assert line == "7\t3\t3\t0.5000\t1\t0:00:01.234567\t0.691462\t990\t1000\t0.3333"
+  # Cohen's radius with 4 decimals; per-norm radii (linf ones are small) with 6 digits.
+  assert line == "7\t3\t3\t0.5000\t1\t0:00:01.234567\t0.691462\t990\t1000\t0.333333"
   assert str(datetime.timedelta(seconds=1.234567)) == "0:00:01.234567"
 
 

@@ -11,11 +11,16 @@ its own resumable file under ``OUTDIR/<name>/``, then writes one table
 
 The certification options have certify.py's names and meanings (``--n0``, ``--n``,
 ``--alpha``, ``--batch``, ``--skip``, ``--max``, ``--count``, ``--seed``). A run
-trained with noise is certified at its training noise (certify.py's default); a
-run trained without noise is certified at ``--sigma``; ``--same_sigma``
-certifies every run at ``--sigma``. The programs run as separate processes, as
-a user would run them, so every step resumes, locks its output and refuses to
-mix settings; rerunning the same command only does what is missing.
+trained with noise is certified at its training noise (certify.py's default: its
+family, ``config.noise``, at its ``noise_sd``); a run trained without noise is
+certified at ``--sigma`` (in the family ``--noise``, default Gaussian);
+``--same_sigma`` certifies every run at ``--sigma``, in its own family. Certified
+accuracy is tabulated and drawn in ``--norm`` (default l2; l1 to compare Laplace or
+uniform smoothing with Gaussian, whose radii certify.py writes in every norm).
+
+The programs run as separate processes, as a user would run them, so every step
+resumes, locks its output and refuses to mix settings; rerunning the same command
+only does what is missing.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import numpy as np
 from absl import app, flags
 
 from smoothjax import analysis, checkpointing, results
+from smoothjax import noise as noise_lib
 from smoothjax.cli import attack as attack_cli
 from smoothjax.cli.common import run_app
 from smoothjax.errors import InputError
@@ -46,6 +52,15 @@ _MAX = flags.DEFINE_integer("max", -1, "Stop at this dataset index (-1: all), as
 _COUNT = flags.DEFINE_integer("count", None, "Evaluate at most this many selected inputs.")
 _SIGMA = flags.DEFINE_float("sigma", None, "Noise to certify runs trained without noise at.")
 _SAME_SIGMA = flags.DEFINE_boolean("same_sigma", False, "Certify every run at --sigma.")
+_NOISE = flags.DEFINE_enum(
+  "noise",
+  None,
+  list(noise_lib.FAMILIES),
+  "Noise family for runs trained without noise (default gaussian).",
+)
+_NORM = flags.DEFINE_enum(
+  "norm", "l2", list(noise_lib.NORMS), "Norm of the certified radii in the table and figure."
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the certification noise and random starts.")
 _ATTACKS = flags.DEFINE_list("attacks", ["fgsm", "pgd"], "Attacks on the base classifier.")
 _EPS_L2 = flags.DEFINE_list("eps_l2", ["0.5", "1.0", "2.0"], "l2 radii of the attacks.")
@@ -109,13 +124,21 @@ def _check_flags():
     if not os.path.isdir(os.path.join(workdir, checkpointing.CHECKPOINT_DIR)):
       raise InputError(f"no checkpoints in {workdir}; train it first")
     trained = float(config.get("noise_sd", 0.0))
+    family = str(config.get("noise", "gaussian")).split(":")[0].lower()
     if _SAME_SIGMA.value or trained == 0:
       if _SIGMA.value is None:
         raise InputError(f"{workdir} was trained without noise: pass --sigma to certify it")
       sigma = _SIGMA.value
+      if trained == 0:
+        family = _NOISE.value or "gaussian"
     else:
       sigma = trained
-    runs.append({"name": name, "workdir": workdir, "config": config, "sigma": sigma})
+    # certify.py checks the family's settings; here only its name (for file names) counts.
+    if family not in noise_lib.FAMILIES:
+      raise InputError(f"{workdir} has config.noise {config.get('noise')!r}, not a noise family")
+    runs.append(
+      {"name": name, "workdir": workdir, "config": config, "sigma": sigma, "family": family}
+    )
   return runs, eps, radii
 
 
@@ -156,7 +179,12 @@ def _evaluate(run, eps, outdir):
         ],
       )
       attacks[(attack, norm)] = attack_cli.summarize(path)
-  certify_path = os.path.join(folder, f"certify_sigma{run['sigma']:g}.tsv")
+  # Gaussian files keep their earlier names, so earlier comparisons resume.
+  family = "" if run["family"] == "gaussian" else f"{run['family']}_"
+  certify_path = os.path.join(folder, f"certify_{family}sigma{run['sigma']:g}.tsv")
+  noise_args = []
+  if float(run["config"].get("noise_sd", 0.0)) == 0 and run["family"] != "gaussian":
+    noise_args = [f"--noise={run['family']}"]
   _program(
     "certify.py",
     [
@@ -167,16 +195,17 @@ def _evaluate(run, eps, outdir):
       f"--alpha={_ALPHA.value}",
       f"--batch={_BATCH.value}",
       f"--sigma={run['sigma']}",
+      *noise_args,
       "--inputs_per_step=10",
       *_selection_args(),
     ],
   )
-  return attacks, results.read_results(certify_path)
+  return attacks, analysis.in_norm(results.read_results(certify_path), _NORM.value)
 
 
 def build_table(rows, eps, radii):
   """Header and rows (strings) of the comparison table."""
-  header = ["run", "mode", "trained sigma", "certified sigma", "clean"]
+  header = ["run", "mode", "noise", "trained sigma", "certified sigma", "clean"]
   for attack in _ATTACKS.value:
     for norm in ("l2", "linf"):
       header += [f"{attack} {norm} {e:g}" for e in eps[norm]]
@@ -187,6 +216,7 @@ def build_table(rows, eps, radii):
     line = [
       run["name"],
       str(run["config"].get("mode", "?")),
+      run["family"],
       f"{float(run['config'].get('noise_sd', 0.0)):g}",
       f"{run['sigma']:g}",
       f"{100 * first['clean_accuracy']:.1f}",
@@ -207,7 +237,8 @@ def _write_table(header, body, outdir):
   with open(os.path.join(outdir, "comparison.md"), "w", encoding="utf-8") as f:
     f.write(
       "Accuracy (%) of the base classifier, clean and under each attack at each eps; "
-      "certified accuracy (%) of the smoothed classifier at each l2 radius; ACR.\n\n" + text
+      f"certified accuracy (%) of the smoothed classifier at each {_NORM.value} radius; "
+      f"ACR ({_NORM.value}).\n\n" + text
     )
   with open(os.path.join(outdir, "comparison.csv"), "w", encoding="utf-8", newline="") as f:
     writer = csv.writer(f)
@@ -227,7 +258,8 @@ def plot(rows, eps, path):
   top = max(float(np.max(cert.radius, initial=0.0)) for _, _, cert in rows)
   grid = np.linspace(0, max(top, 0.25) * 1.05, 200)
   for run, attacks, cert in rows:
-    label = f"{run['name']} (sigma={run['sigma']:g})"
+    noise = "" if run["family"] == "gaussian" else f"{run['family']} "
+    label = f"{run['name']} ({noise}sigma={run['sigma']:g})"
     axes[0].plot(grid, [analysis.certified_accuracy(cert, r) for r in grid], label=label)
     for ax, norm in zip(axes[1:], ("l2", "linf"), strict=True):
       attack = "pgd" if ("pgd", norm) in attacks else _ATTACKS.value[0]
@@ -236,7 +268,7 @@ def plot(rows, eps, path):
       ax.set_title(f"base classifier under {attack.upper()} ({norm})")
       ax.set_xlabel(f"{norm} eps")
   axes[0].set_title("smoothed classifier: certified accuracy")
-  axes[0].set_xlabel("l2 radius")
+  axes[0].set_xlabel(f"{_NORM.value} radius")
   for ax in axes:
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
