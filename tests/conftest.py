@@ -11,7 +11,9 @@ import sys
 import textwrap
 
 import jax
+import numpy as np
 import pytest
+import scipy.stats
 
 jax.config.update("jax_debug_key_reuse", True)
 
@@ -91,3 +93,56 @@ def train_tiny(workdir, *overrides: str) -> None:
     "--config.progress=False",
     *overrides,
   )
+
+
+def cp_lower(k, n, alpha):
+  """Reference one-sided Clopper-Pearson lower bound, straight from SciPy (0 for k = 0)."""
+  k = np.asarray(k)
+  safe = np.maximum(k, 1)
+  return np.where(k == 0, 0.0, scipy.stats.beta.ppf(alpha, safe, n - safe + 1))
+
+
+def certify_miss_probability(p, n0, n, alpha):
+  """Exact P[CERTIFY's p_lower exceeds the probability of the class it selects].
+
+  Two classes, class 1 of probability ``p``: the ``n0`` selection votes pick class 1
+  on a strict majority (ties go to class 0), then ``n`` independent votes bound it.
+  """
+  support = np.arange(n + 1)
+  select_1 = scipy.stats.binom.sf(n0 // 2, n0, p)
+  miss_1 = scipy.stats.binom.pmf(support, n, p)[cp_lower(support, n, alpha) > p].sum()
+  miss_0 = scipy.stats.binom.pmf(support, n, 1 - p)[cp_lower(support, n, alpha) > 1 - p].sum()
+  return select_1 * miss_1 + (1 - select_1) * miss_0
+
+
+def assert_certify_coverage(certs, *, p, margin, n0, n, alpha):
+  """CERTIFY's guarantee over many certificates of one two-class input.
+
+  Class 1 has probability ``p`` and the true radius is ``margin``. The rate at which
+  ``p_lower`` exceeds the selected class's probability must match its exact value
+  (which must be close to alpha, so a 2 alpha bound would show), every wrong
+  certificate (wrong class, or radius beyond ``margin``) must be such a miss, and
+  wrong ones must be at most alpha of them plus three standard errors.
+
+  Returns:
+    ``(prediction, radius, p_lower)`` arrays, for the caller's own checks.
+  """
+  from smoothjax.smoothing import ABSTAIN
+
+  trials = len(certs)
+  top = np.array([c.top_class for c in certs])
+  p_lower = np.array([c.p_lower for c in certs])
+  prediction = np.array([c.prediction for c in certs])
+  radius = np.array([c.radius for c in certs])
+  assert all(int(c.counts.sum()) == n and int(c.counts_selection.sum()) == n0 for c in certs)
+  exact = certify_miss_probability(p, n0, n, alpha)
+  se = np.sqrt(alpha * (1 - alpha) / trials)
+  assert 0.5 * alpha < exact <= alpha
+  assert certify_miss_probability(p, n0, n, 2 * alpha) > alpha + 3 * se
+  miss = p_lower > np.where(top == 1, p, 1 - p)
+  assert abs(miss.mean() - exact) <= 4 * np.sqrt(exact * (1 - exact) / trials)
+  wrong = (prediction != ABSTAIN) & ((prediction != 1) | (radius > margin))
+  assert not np.any(wrong & ~miss)
+  assert wrong.mean() <= alpha + 3 * se
+  np.testing.assert_array_equal(radius[prediction == ABSTAIN], 0.0)
+  return prediction, radius, p_lower

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
+from conftest import assert_certify_coverage, cp_lower
 
 from smoothjax import smoothing, votes
 from smoothjax.errors import InputError
@@ -49,13 +50,6 @@ def true_margin(x: np.ndarray) -> float:
 def keys_for(seed: int, count: int) -> jax.Array:
   base = jax.random.key(seed)
   return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(count))
-
-
-def cp_lower(k, n, alpha):
-  """Reference one-sided Clopper-Pearson lower bound, straight from SciPy."""
-  k = np.asarray(k)
-  safe = np.maximum(k, 1)
-  return np.where(k == 0, 0.0, scipy.stats.beta.ppf(alpha, safe, n - safe + 1))
 
 
 # ----------------------------------------------------------------------------
@@ -178,32 +172,16 @@ def test_certify_coverage_matches_exact_failure_probability(alpha):
     alpha=alpha,
     batch_size=4096,
   )
-  top = np.array([c.top_class for c in certs])
-  p_lower = np.array([c.p_lower for c in certs])
-  prediction = np.array([c.prediction for c in certs])
-  radius = np.array([c.radius for c in certs])
-  assert all(int(c.counts.sum()) == n and int(c.counts_selection.sum()) == n0 for c in certs)
-
-  miss = p_lower > np.where(top == 1, p, 1 - p)
-  # Exact P[miss]: selection (ties to class 0) then an independent estimate.
-  support = np.arange(n + 1)
-  p_select_1 = scipy.stats.binom.sf(n0 // 2, n0, p)
-  miss_1 = scipy.stats.binom.pmf(support, n, p)[cp_lower(support, n, alpha) > p].sum()
-  miss_0 = scipy.stats.binom.pmf(support, n, 1 - p)[cp_lower(support, n, alpha) > 1 - p].sum()
-  exact = p_select_1 * miss_1 + (1 - p_select_1) * miss_0
-  assert 0.5 * alpha < exact <= alpha
-  assert abs(miss.mean() - exact) <= 4 * np.sqrt(exact * (1 - exact) / trials)
-
-  # A wrong certificate (wrong class, or a radius beyond the true distance) is a miss.
-  wrong = (prediction != smoothing.ABSTAIN) & ((prediction != 1) | (radius > margin))
-  assert not np.any(wrong & ~miss)
-  assert wrong.mean() <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / trials)
+  # Exact P[miss]: selection (ties to class 0) then an independent estimate; a wrong
+  # certificate (wrong class, or a radius beyond the true distance) is a miss.
+  prediction, radius, p_lower = assert_certify_coverage(
+    certs, p=p, margin=margin, n0=n0, n=n, alpha=alpha
+  )
   certified = prediction == 1
   assert certified.any()
   np.testing.assert_allclose(
     radius[certified], SIGMA * scipy.stats.norm.ppf(p_lower[certified]), rtol=1e-12
   )
-  np.testing.assert_array_equal(radius[prediction == smoothing.ABSTAIN], 0.0)
 
 
 def test_selection_and_estimation_use_fresh_samples():

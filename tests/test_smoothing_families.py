@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
+from conftest import assert_certify_coverage
 
 from smoothjax import noise as noise_lib
 from smoothjax import smoothing
@@ -24,21 +25,6 @@ from smoothjax import smoothing
 def threshold_logits(x):
   z = x.reshape(x.shape[0], -1)[:, 0] - 0.5
   return jnp.stack([-z, z], axis=-1)
-
-
-def cp_lower(k, n, alpha):
-  k = np.asarray(k)
-  safe = np.maximum(k, 1)
-  return np.where(k == 0, 0.0, scipy.stats.beta.ppf(alpha, safe, n - safe + 1))
-
-
-def exact_miss(p, n0, n, alpha):
-  """P[p_lower exceeds the probability of the selected class], selection ties to 0."""
-  support = np.arange(n + 1)
-  select_1 = scipy.stats.binom.sf(n0 // 2, n0, p)
-  miss_1 = scipy.stats.binom.pmf(support, n, p)[cp_lower(support, n, alpha) > p].sum()
-  miss_0 = scipy.stats.binom.pmf(support, n, 1 - p)[cp_lower(support, n, alpha) > 1 - p].sum()
-  return select_1 * miss_1 + (1 - select_1) * miss_0
 
 
 FAMILIES = {
@@ -70,21 +56,9 @@ def test_certify_coverage_under_laplace_and_uniform_noise(family, alpha):
     alpha=alpha,
     batch_size=4096,
   )
-  top = np.array([c.top_class for c in certs])
-  p_lower = np.array([c.p_lower for c in certs])
-  prediction = np.array([c.prediction for c in certs])
-  radius = np.array([c.radius for c in certs])
-
-  exact = exact_miss(p, n0, n, alpha)
-  assert 0.5 * alpha < exact <= alpha
-  # A bound at 2 alpha would miss far more often than alpha: this setting would see it.
-  assert exact_miss(p, n0, n, 2 * alpha) > alpha + 3 * np.sqrt(alpha * (1 - alpha) / trials)
-  miss = p_lower > np.where(top == 1, p, 1 - p)
-  assert abs(miss.mean() - exact) <= 4 * np.sqrt(exact * (1 - exact) / trials)
-
-  wrong = (prediction != smoothing.ABSTAIN) & ((prediction != 1) | (radius > margin))
-  assert not np.any(wrong & ~miss)
-  assert wrong.mean() <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / trials)
+  prediction, radius, p_lower = assert_certify_coverage(
+    certs, p=p, margin=margin, n0=n0, n=n, alpha=alpha
+  )
   certified = prediction == 1
   assert certified.sum() > trials / 4
   # The radius is the family's l1 formula, the same in every norm in one dimension.
