@@ -92,6 +92,8 @@ def in_norm(results: RunLike, norm: str) -> Results:
   column = RADIUS_COLUMNS[norm]
   if column in results.extra and results.extra[column].dtype.kind == "f":
     return dataclasses.replace(results, radius=results.extra[column])
+  if not results.has_radius:
+    return results  # a prediction file: no radii in any norm, its table row says so
   where = results.path or "these results"
   settings = None
   if results.path:

@@ -170,3 +170,45 @@ def test_plot_into_a_directory_or_under_a_file_is_input_error(tmp_path):
   with pytest.raises(InputError, match="is a file, not a folder"):
     analysis.plot_certified_accuracy({"a": HAND}, blocker / "p.png", dpi=20)
   assert sorted(os.listdir(tmp_path)) == ["file", "folder"] and not os.listdir(folder)
+
+
+def test_in_norm_reads_the_norms_column_or_the_primary_one(tmp_path):
+  import dataclasses
+
+  rows = dataclasses.replace(
+    HAND, extra={"radius_l1": HAND.radius * 3, "radius_linf": HAND.radius / 784}
+  )
+  np.testing.assert_array_equal(analysis.in_norm(rows, "l1").radius, HAND.radius * 3)
+  assert analysis.acr(analysis.in_norm(rows, "linf")) == pytest.approx(analysis.acr(HAND) / 784)
+  # Without a radius_l2 column, `radius` is l2 only for files whose noise says so.
+  assert analysis.in_norm(rows, "l2") is rows
+  path = tmp_path / "lap.tsv"
+  with ResultWriter(path, CERTIFY_COLUMNS, settings={"noise": "laplace:0.5"}) as w:
+    w.write(dict(idx=0, label=1, predict=1, radius=0.5, correct=1, time=1.0))
+  with pytest.raises(InputError, match="its radius column is in l1; .* or choose --norm l1"):
+    analysis.in_norm(str(path), "l2")
+  assert analysis.in_norm(str(path), "l1").radius[0] == 0.5
+  with pytest.raises(InputError, match="unknown norm 'l3'"):
+    analysis.in_norm(rows, "l3")
+
+
+def test_primary_norm_of_settings():
+  assert analysis.primary_norm(None) == "l2"  # Cohen et al.'s files: Gaussian
+  assert analysis.primary_norm({"noise": "gaussian", "noise_scale": 0.25}) == "l2"
+  assert analysis.primary_norm({"noise": "uniform:0.5"}) == "l1"
+  assert analysis.primary_norm({"noise": "expinf:0.5:k=2:j=0"}) == "l1"
+  assert analysis.primary_norm({"noise_norm": "linf", "noise": "uniform:0.5"}) == "linf"
+
+
+def test_small_radii_get_a_grid_and_labels_of_their_own():
+  # linf radii of MNIST-sized inputs are of order 1e-3: the table keeps columns.
+  assert analysis.default_max_radius(0.0013) == pytest.approx(0.002)
+  assert analysis.default_max_radius(0.3) == 0.5
+  assert analysis.default_max_radius(0.0) == 0.25
+  radii = analysis.default_radii(0.002, analysis.radius_step(0.002))
+  assert 3 <= len(radii) <= 17 and radii[-1] == pytest.approx(0.002)
+  small = make_results([1, 1], [1, 1], [0.0005, 0.0015])
+  text = analysis.table({"a": small}, radii)
+  assert "r = 0.0010" in text or "r = 0.001" in text
+  cells = text.splitlines()[0].split("|")[1:-1]
+  assert len(set(cells)) == len(cells)  # no two columns with the same label
