@@ -664,3 +664,8 @@ def parse(
   kwargs = {"lambda_" if key == "lambda" else key: value for key, value in scale.items()}
   noise = family(**kwargs, **params)
   return noise if dim is None else noise.bind(dim)
+
+
+def from_name(name: str, scale: float) -> Noise:
+  """The family called ``name`` at standard deviation ``scale``: ``parse(name, sigma=scale)``."""
+  return parse(name, sigma=scale)

@@ -145,3 +145,12 @@ def test_noise_is_hashable_and_static_friendly():
 
   f = jax.jit(lambda x, g: x * g.sigma, static_argnums=1)
   assert float(f(jnp.float32(2.0), a)) == 0.5
+
+
+def test_from_name():
+  assert noise_lib.from_name("gaussian", 0.25) == noise_lib.Gaussian(0.25)
+  assert noise_lib.from_name("Laplace", 1) == noise_lib.Laplace(sigma=1.0)
+  with pytest.raises(InputError, match="unknown noise 'cauchy'"):
+    noise_lib.from_name("cauchy", 0.25)
+  with pytest.raises(InputError, match="sigma"):
+    noise_lib.from_name("gaussian", -1.0)
