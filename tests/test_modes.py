@@ -269,13 +269,11 @@ def test_noise_family_errors_name_the_config_field():
     modes.build(mode_config("macer", noise="laplace"))
 
 
-@pytest.mark.parametrize(
-  ("family", "norm"), [("laplace", "l1"), ("uniform", "l1"), ("gaussian", "linf")]
-)
+@pytest.mark.parametrize(("family", "norm"), [("laplace", "l1"), ("gaussian", "linf")])
 def test_smoothadv_attacks_in_the_configured_norm(batches, family, norm):
   """SmoothAdv under Laplace / uniform noise in l1 (Yang et al.) raises the training loss."""
   info, split = batches
-  images, labels = split.get(np.arange(16))
+  images, labels = split.get(np.arange(8))
   labels = labels.astype(np.int32)
 
   def loss(eps):

@@ -277,14 +277,15 @@ def test_expinf_linf_radius_k1_is_the_log_formula():
 
 
 def _differential_reference(p, d, k):
-  """Yang et al.'s differential method with SciPy's incomplete gamma functions."""
+  """Yang et al.'s differential method with SciPy's Gamma distributions (rs4a's form)."""
   a_in, a_out = d / k, (d + k - 1) / k
   const = k / 2 * scipy.special.gamma(a_out) / scipy.special.gamma(a_in)
+  inner, outer = scipy.stats.gamma(a_in), scipy.stats.gamma(a_out)
 
   def phi(q):
-    return const * scipy.special.gammaincc(a_out, scipy.special.gammainccinv(a_in, 2 * q))
+    return const * (1 - outer.cdf(inner.ppf(1 - 2 * q)))
 
-  return scipy.integrate.quad(lambda q: 1 / phi(q), 1 - p, 0.5, epsabs=0, epsrel=1e-12)[0]
+  return scipy.integrate.quad(lambda q: 1 / phi(q), 1 - p, 0.5, epsabs=0, epsrel=1e-10)[0]
 
 
 def test_expinf_linf_radius_for_k_above_1_is_the_differential_method():
