@@ -75,7 +75,6 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from smoothjax import noise as noise_lib
 from smoothjax import stats
 from smoothjax.votes import (
   IMAGE_RANGE,
@@ -194,8 +193,8 @@ def _certify(logits_fn, xs, keys, *, noise, n0, n, alpha, batch_size, mesh):
   abstain = p_lower < 0.5
   dim = int(np.prod(xs.shape[1:]))
   radii = {
-    norm: np.where(abstain, 0.0, np.atleast_1d(noise.radius(p_lower, norm, dim=dim)))
-    for norm in noise_lib.NORMS
+    norm: np.where(abstain, 0.0, np.atleast_1d(r))
+    for norm, r in noise.radii(p_lower, dim=dim).items()
   }
   primary = noise.norms[0]
   return [

@@ -72,6 +72,8 @@ class Noise(abc.ABC):
   _params: ClassVar[tuple[str, ...]] = ()
   # Norms whose direct radius depends on the input dimension.
   _dim_norms: ClassVar[tuple[str, ...]] = ()
+  # The input dimension, for families bound to one (ExpInf's field); None otherwise.
+  dim: int | None = None
 
   sigma: float | None
   lambda_: float | None
@@ -137,33 +139,46 @@ class Noise(abc.ABC):
       A float for scalar ``p_lower``, else a float64 array of its shape.
     """
     norm = self.norm if norm is None else _check_norm(norm)
+    return self._radii(p_lower, (norm,), dim)[norm]
+
+  def radii(self, p_lower, *, dim: int | None = None) -> dict[str, float | np.ndarray]:
+    """Radii in every norm of :data:`NORMS`, keyed by norm name (``dim`` is needed).
+
+    Each direct radius is computed once for all three norms (ExpInf's numerical linf
+    radius is a quadrature per value).
+    """
+    return self._radii(p_lower, NORMS, dim)
+
+  def _radii(self, p_lower, targets, dim):
     noise = self if dim is None else self.bind(dim)
-    dim = getattr(noise, "dim", None) if dim is None else dim  # a bound expinf knows it
+    dim = noise.dim if dim is None else dim  # a bound expinf knows it
     p = np.asarray(p_lower, dtype=np.float64)
     if np.any(np.isnan(p)) or np.any((p < 0) | (p > 1)):
       raise InputError("p_lower must lie in [0, 1]; pass a probability bound")
     above = p > 0.5
     # Evaluate only where a radius exists, so p <= 1/2 never reaches ppf/log.
     safe = np.where(above, p, 0.75)
-    # Without dim, the norms whose radius or conversion would need it are left out (none
-    # of them beats the rest then: uniform's linf radius, read in l1, is below its l1
-    # one); if that leaves nothing, computing them says what is missing.
-    sources = [
-      s
-      for s in self.norms
-      if dim is not None or (s not in self._dim_norms and _EXPONENT[norm] <= _EXPONENT[s])
-    ] or self.norms
-    best = None
+    direct = {}
+    out = {}
     with np.errstate(divide="ignore"):  # p = 1 certifies an infinite radius
-      for source in sources:
-        r = convert_radius(noise._direct_radius(safe, source, dim), source, norm, dim)
-        best = r if best is None else np.maximum(best, r)
-    out = np.where(above, best, 0.0)
-    return float(out) if out.ndim == 0 else out
-
-  def radii(self, p_lower, *, dim: int | None = None) -> dict[str, float | np.ndarray]:
-    """Radii in every norm of :data:`NORMS`, keyed by norm name (``dim`` is needed)."""
-    return {norm: self.radius(p_lower, norm, dim=dim) for norm in NORMS}
+      for norm in targets:
+        # Without dim, the norms whose radius or conversion would need it are left out
+        # (none of them beats the rest then: uniform's linf radius, read in l1, is below
+        # its l1 one); if that leaves nothing, computing them says what is missing.
+        sources = [
+          s
+          for s in self.norms
+          if dim is not None or (s not in self._dim_norms and _EXPONENT[norm] <= _EXPONENT[s])
+        ] or self.norms
+        best = None
+        for source in sources:
+          if source not in direct:
+            direct[source] = noise._direct_radius(safe, source, dim)
+          r = convert_radius(direct[source], source, norm, dim)
+          best = r if best is None else np.maximum(best, r)
+        radius = np.where(above, best, 0.0)
+        out[norm] = float(radius) if radius.ndim == 0 else radius
+    return out
 
 
 def _fmt(value: float) -> str:
