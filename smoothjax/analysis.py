@@ -68,7 +68,7 @@ def primary_norm(settings: Mapping | None) -> str:
   if norm in noise_lib.NORMS:
     return norm
   spec = settings.get("noise")
-  family = noise_lib.FAMILIES.get(spec.split(":")[0].lower()) if isinstance(spec, str) else None
+  family = noise_lib.FAMILIES.get(noise_lib.family_name(spec)) if isinstance(spec, str) else None
   return family.norms[0] if family is not None else "l2"
 
 

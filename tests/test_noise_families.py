@@ -489,3 +489,9 @@ def test_convert_radius_follows_the_norm_inequalities():
       if order[target] > order[source]:
         corner = np.full(d, r) if target == "linf" else np.full(d, r / math.sqrt(d))
         assert np.linalg.norm(corner, ord=order[source]) == pytest.approx(1.0)
+
+
+def test_family_name_reads_only_the_family():
+  assert noise_lib.family_name("Laplace:0.5") == "laplace"
+  assert noise_lib.family_name(" expinf:lambda=0.1:k=2") == "expinf"
+  assert noise_lib.family_name("gaussian") == "gaussian"

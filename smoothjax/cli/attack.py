@@ -173,7 +173,7 @@ def describe(settings: Mapping) -> str:
   if settings.get("steps"):
     text += f", {settings['steps']} steps"
   if settings.get("smoothed"):
-    family = str(settings.get("noise") or "gaussian").split(":")[0]
+    family = noise.family_name(settings.get("noise") or "gaussian")
     scale = f"sigma={settings.get('sigma'):g}"
     scale = scale if family == "gaussian" else f"{family} {scale}"
     text += f", {scale}, m={settings.get('m')}, n={settings.get('n')}"

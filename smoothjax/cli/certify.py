@@ -346,23 +346,27 @@ def _run(model, split, indices, writer, noise_dist, predict_mode) -> None:
       bar.update(len(idx))
 
 
-def _run_names(paths):
+def _settings_of(path) -> dict:
+  """A result file's settings, or {} (Cohen et al.'s files, a damaged settings file)."""
+  try:
+    return results.read_settings(path) or {}
+  except InputError:
+    return {}  # Named by its file alone; the rows are what the table is about.
+
+
+def _run_names(paths, settings):
   """Table and legend names: file names (whole paths if those clash), with the settings."""
   names = [os.path.basename(p) for p in paths]
   if len(set(names)) < len(names):
     names = list(paths)
   out = []
-  for name, path in zip(names, paths, strict=True):
-    try:
-      settings = results.read_settings(path) or {}
-    except InputError:
-      settings = {}  # Named by its file alone; the rows are what the table is about.
+  for name, s in zip(names, settings, strict=True):
     # Older files recorded the Gaussian noise as "sigma" and the family alone as "noise".
-    scale = settings.get("noise_scale", settings.get("sigma"))
-    spec = settings.get("noise", "gaussian")
-    if isinstance(scale, int | float) and isinstance(settings.get("n"), int):
+    scale = s.get("noise_scale", s.get("sigma"))
+    spec = s.get("noise", "gaussian")
+    if isinstance(scale, int | float) and isinstance(s.get("n"), int):
       noise_name = spec if ":" in str(spec) else f"{spec}:{scale:g}"
-      name += f" ({noise_name}, n={settings['n']})"
+      name += f" ({noise_name}, n={s['n']})"
     out.append(name)
   return out
 
@@ -370,18 +374,14 @@ def _run_names(paths):
 def _report(paths, plot_path):
   """Prints the certified-accuracy table and writes the plot."""
   norm = _NORM.value
+  settings = [_settings_of(p) for p in paths]  # read once, for names and norms
   loaded = {}
-  for name, path in zip(_run_names(paths), paths, strict=True):
+  for name, path in zip(_run_names(paths, settings), paths, strict=True):
     res = results.read_results(path)
     loaded[name] = res if norm is None else analysis.in_norm(res, norm)
   if norm is None:
     # Each file's radius column is in its noise's primary norm; name it if they agree.
-    primaries = set()
-    for path in paths:
-      try:
-        primaries.add(analysis.primary_norm(results.read_settings(path)))
-      except InputError:
-        primaries.add("l2")
+    primaries = {analysis.primary_norm(s) for s in settings}
     norm_label = primaries.pop() if len(primaries) == 1 else "each file's primary norm"
   else:
     norm_label = norm

@@ -124,7 +124,7 @@ def _check_flags():
     if not os.path.isdir(os.path.join(workdir, checkpointing.CHECKPOINT_DIR)):
       raise InputError(f"no checkpoints in {workdir}; train it first")
     trained = float(config.get("noise_sd", 0.0))
-    family = str(config.get("noise", "gaussian")).split(":")[0].lower()
+    family = noise_lib.family_name(config.get("noise", "gaussian"))
     if _SAME_SIGMA.value or trained == 0:
       if _SIGMA.value is None:
         raise InputError(f"{workdir} was trained without noise: pass --sigma to certify it")

@@ -52,7 +52,7 @@ from smoothjax.noise.base import (
 )
 from smoothjax.noise.expinf import ExpInf
 from smoothjax.noise.families import Gaussian, Laplace, Uniform
-from smoothjax.noise.spec import FAMILIES, from_name, parse
+from smoothjax.noise.spec import FAMILIES, family_name, from_name, parse
 
 __all__ = [
   "FAMILIES",
@@ -65,6 +65,7 @@ __all__ = [
   "Noise",
   "Uniform",
   "convert_radius",
+  "family_name",
   "from_name",
   "max_scale",
   "parse",

@@ -17,6 +17,15 @@ FAMILIES: dict[str, type[Noise]] = {
 _EXAMPLES = "gaussian:0.25, laplace:0.5, uniform:0.5, expinf:0.5:k=1:j=0"
 
 
+def family_name(spec) -> str:
+  """The family a spec names, in lower case: ``laplace`` for ``Laplace:0.5``.
+
+  Only the name is read (the rest is not checked): for labels and file names of
+  settings already written. :func:`parse` checks the whole string.
+  """
+  return str(spec).strip().split(":")[0].strip().lower()
+
+
 def _spec_number(spec: str, name: str, text: str) -> float:
   try:
     return float(text)
@@ -52,7 +61,7 @@ def parse(
   if not isinstance(spec, str) or not spec.strip():
     raise InputError(f"a noise is a string such as {_EXAMPLES}; got {spec!r}")
   name, *parts = [part.strip() for part in spec.strip().split(":")]
-  family = FAMILIES.get(name.lower())
+  family = FAMILIES.get(family_name(spec))
   if family is None:
     raise InputError(f"unknown noise {name!r} in {spec!r}; choose one of: {_EXAMPLES}")
   scale: dict[str, float] = {}
