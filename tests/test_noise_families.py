@@ -164,6 +164,17 @@ def test_expinf_linf_norm_follows_its_gamma_law(k, j):
     assert scipy.stats.kstest((radius / (factor * lam)) ** k, law.cdf).pvalue < 1e-6
 
 
+@pytest.mark.parametrize(("dim", "k"), [(1, 50.0), (2, 1e3)])
+def test_expinf_with_a_small_radius_shape_still_follows_its_law(dim, k):
+  # The radius law Gamma(d / k)^(1/k) has a shape far below 1 here: a float32 Gamma draw
+  # underflows to 0 for most samples, its logarithm does not.
+  noise = noise_lib.ExpInf(lambda_=1.0, k=k, j=0, dim=dim)
+  eps = np.asarray(noise.sample(jax.random.key(33), (20_000, dim)), np.float64)
+  log_radius = k * np.log(np.abs(eps).max(axis=1))
+  assert scipy.stats.kstest(log_radius, scipy.stats.loggamma(dim / k).cdf).pvalue > 1e-3
+  assert abs(eps.std() / noise.sigma - 1) < 0.03
+
+
 def test_expinf_direction_is_uniform_on_the_faces_of_the_cube():
   dim = 6
   _, eps = _expinf_samples(1, 0, dim, 30_000, seed=31)
@@ -447,6 +458,9 @@ def test_spec_reads_back_to_the_same_noise(noise):
     ("expinf:0.5:2", {}, "'2' has no name"),
     ("expinf:0.5:k=0.5", {}, "expinf noise needs k >= 1"),
     ("expinf:0.5:j=-1", {}, "expinf noise needs j >= 0"),
+    ("expinf:0.5:k=1e7", {}, "expinf noise needs k <= 1e\\+06"),
+    ("gaussian:0.25:sigma=0.5", {}, "gives sigma twice; give each setting once"),
+    ("expinf:0.5:k=1:k=2", {}, "gives k twice"),
     ("expinf:0.5:j=9", {"dim": 10}, "j=9 in dimension d=10 has no l1 radius; it needs j < d - 1"),
     ("expinf:0.5:j=1", {"dim": 1}, "it needs j = 0"),
     ("laplace:0.3", {"sigma": 0.5}, "sets its own scale, and sigma 0.5 is also given"),

@@ -23,6 +23,11 @@ from smoothjax.noise.base import (
   convert_radius,
 )
 
+# The largest tail exponent k: ExpInf's sampler draws log Gamma((d - j) / k), whose
+# shape must stay a normal float32 number (and ExpInf(k) tends to uniform noise on the
+# cube as k grows: k = 1e6 is already that, to float32 precision).
+MAX_K = 1e6
+
 
 @dataclasses.dataclass(frozen=True)
 class ExpInf(Noise):
@@ -50,7 +55,7 @@ class ExpInf(Noise):
   Attributes:
     sigma: per-coordinate standard deviation (given, or computed once ``dim`` is known).
     lambda_: the natural scale (given, or computed once ``dim`` is known).
-    k: the exponent of the tail, >= 1.
+    k: the exponent of the tail, in [1, :data:`MAX_K`].
     j: the power of ``||x||_inf`` in the density, >= 0 and < d - 1 (0 for d = 1).
     dim: the input dimension d, or None until :meth:`bind`.
   """
@@ -77,6 +82,10 @@ class ExpInf(Noise):
           f"expinf noise needs {name} >= {low:g} (a finite number), got {value!r}; "
           "e.g. expinf:0.5:k=1:j=0"
         )
+    if self.k > MAX_K:
+      # Beyond, the radius law's shape (d - j) / k leaves float32's range for small d.
+      raise InputError(f"expinf noise needs k <= {MAX_K:g}, got {self.k!r}; e.g. k=2")
+    for name, value in (("k", self.k), ("j", self.j)):
       object.__setattr__(self, name, float(value))
     if self.dim is not None:
       dim = _check_dim(self.dim, "expinf noise")
@@ -130,8 +139,10 @@ class ExpInf(Noise):
     dtype, wide = _sample_dtype(self, self.sigma, dtype)
     count = math.prod(shape[:split])
     key_radius, key_face, key_sign, key_rest = jax.random.split(key, 4)
-    radius = jax.random.gamma(key_radius, (dim - self.j) / self.k, (count, 1), wide)
-    radius = radius ** (1.0 / self.k)
+    # exp(log G / k): for a small shape (d - j) / k (a large k, a small d) a float32
+    # Gamma draw underflows to 0 and G^(1/k) with it, while log G stays exact.
+    log_radius = jax.random.loggamma(key_radius, (dim - self.j) / self.k, (count, 1), wide)
+    radius = jnp.exp(log_radius / self.k)
     face = jax.random.randint(key_face, (count, 1), 0, dim)
     sign = jax.random.rademacher(key_sign, (count, 1), wide)
     rest = jax.random.uniform(key_rest, (count, dim), wide, -1.0, 1.0)

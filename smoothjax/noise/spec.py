@@ -75,6 +75,8 @@ def parse(
           f"noise {spec!r}: {part!r} has no name; only the first setting (sigma) may be bare"
         )
       key, value = "sigma", part
+    if key in scale or key in params:
+      raise InputError(f"noise {spec!r} gives {key} twice; give each setting once")
     if key in ("sigma", "lambda"):
       scale[key] = _spec_number(spec, key, value)
     elif key in family._params:
