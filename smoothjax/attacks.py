@@ -289,6 +289,8 @@ def pgd(
   restarts: int = 1,
   targeted: bool = False,
   keep_best: bool = True,
+  keyed_loss: bool = False,
+  remat: bool = False,
 ):
   """Projected gradient descent (ascent) on ``loss_fn`` within an ``eps`` ball.
 
@@ -312,6 +314,17 @@ def pgd(
   if ``targeted``); without it, the last iterate, of the restart whose last
   iterate is best when there are several.
 
+  With ``keyed_loss`` the loss is a Monte Carlo estimate that takes a PRNG key,
+  ``loss_fn(x, y, key)`` (a smoothed loss drawing its noise, as in
+  :mod:`smoothjax.generation`): every step gets a fresh key, so the steps follow
+  a stochastic gradient of the expected loss rather than of one fixed draw; the
+  kept iterate is chosen on those same estimates. The attack is differentiable
+  in whatever ``loss_fn`` closes over (a model's parameters: the fixed-point
+  objective of :mod:`smoothjax.generation` differentiates through the unrolled
+  steps); ``remat`` recomputes each step's forward pass in the backward pass
+  (``jax.checkpoint``) instead of keeping its activations, which bounds that
+  memory to about one step's.
+
   Args:
     loss_fn: ``(x, y) -> (B,)`` per-example loss, differentiable in ``x``.
     eps: radius of the ball, >= 0 (0 returns ``x``).
@@ -322,10 +335,14 @@ def pgd(
     restarts: number of runs from independent random starts, >= 1.
     targeted: if True, ``y`` are target classes and the loss is lowered.
     keep_best: return the best iterate rather than the last.
+    keyed_loss: ``loss_fn`` takes a third argument, a PRNG key, fresh at every step.
+    remat: rematerialise each step in the backward pass (for differentiating
+      through the attack).
 
   Returns:
     ``attack(key, x, y) -> x_adv``. ``key`` (a PRNG key, used once) draws the
-    random starts; it may be None without random start.
+    random starts and the loss's keys; it may be None without random start and
+    without ``keyed_loss``.
 
   Example::
 
@@ -365,34 +382,54 @@ def pgd(
     x, y = _check_call(x, y)
     if not _is_traced(eps) and eps == 0:
       return x
-    if random_start and key is None:
-      raise InputError("pgd with random_start=True needs a PRNG key; pass jax.random.key(seed)")
+    if (random_start or keyed_loss) and key is None:
+      needs = "random_start=True" if random_start else "keyed_loss=True"
+      raise InputError(f"pgd with {needs} needs a PRNG key; pass jax.random.key(seed)")
 
-    def run(best, x0):
-      def body(_, carry):
+    def run(best, x0, loss_key):
+      def loss_at(step):
+        if not keyed_loss:
+          return loss_fn
+        step_key = jax.random.fold_in(loss_key, step)
+        return lambda xi, y: loss_fn(xi, y, step_key)
+
+      def body(step, carry):
         xi, best = carry
-        values, grad = _value_and_grad(loss_fn, xi, y)
+        values, grad = _value_and_grad(loss_at(step), xi, y)
         if keep_best:
           best = keep(best, xi, values)
         xi = _project(xi + (sign * step_size) * _unit_step(grad, norm), x, eps, norm)
         return xi, best
 
+      if remat:
+        body = jax.checkpoint(body)
       last, best = jax.lax.fori_loop(0, steps, body, (x0, best))
       if not final_eval:
         return last, best
-      return last, keep(best, last, loss_fn(last, y))
+      return last, keep(best, last, loss_at(steps)(last, y))
+
+    def keys_of(run_key):
+      """The run's start key and loss key (None where unused)."""
+      if not keyed_loss:
+        return run_key, None
+      if not random_start:
+        return None, run_key
+      start_key, loss_key = jax.random.split(run_key)
+      return start_key, loss_key
 
     best = (x, jnp.full(x.shape[:1], worst, jnp.float32))
     if not random_start:
-      last, best = run(best, x)
+      last, best = run(best, x, keys_of(key)[1])
       return best[0] if final_eval else last
 
     def restart(best, restart_key):
-      _, best = run(best, _random_start(restart_key, x, eps, norm))
+      start_key, loss_key = keys_of(restart_key)
+      _, best = run(best, _random_start(start_key, x, eps, norm), loss_key)
       return best, None
 
     if restarts == 1 and not final_eval:
-      last, _ = run(best, _random_start(key, x, eps, norm))
+      start_key, loss_key = keys_of(key)
+      last, _ = run(best, _random_start(start_key, x, eps, norm), loss_key)
       return last
     best, _ = jax.lax.scan(restart, best, jax.random.split(key, restarts))
     return best[0]

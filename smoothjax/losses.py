@@ -206,6 +206,36 @@ def smoothed_cross_entropy(logits_fn, x, labels, eps) -> jax.Array:
   return -_pick(log_g, labels)
 
 
+def mean_log_prob(logits_fn, x, labels, eps) -> jax.Array:
+  """Monte Carlo mean of the base classifier's log-probability of ``labels`` under noise.
+
+  ``E[log softmax(f(x + eps))_y]``, per example: the smoothed cross-entropy of
+  generation by a smoothed classifier (the expectation of the log, a lower bound
+  on :func:`smoothed_log_probs`'s ``log E[softmax(f(x + eps))_y]`` by Jensen's
+  inequality; both are ascended to draw a class).
+
+  Args:
+    logits_fn: ``(N, ...) -> (N, K)`` base classifier logits, called once.
+    x: inputs ``(B, ...)``.
+    labels: integer classes ``(B,)``.
+    eps: noise samples ``(m, B, ...)``.
+
+  Returns:
+    ``(B,)`` mean log-probabilities (<= 0).
+
+  Example::
+
+    score = mean_log_prob(logits_fn, x, target, noise_batch(Gaussian(0.5), key, 16, x.shape))
+  """
+  labels = jnp.asarray(labels)
+  log_p = _noisy_log_softmax(logits_fn, x, eps)
+  if labels.shape != log_p.shape[1:2]:
+    raise InputError(
+      f"labels must have shape ({log_p.shape[1]},), one per input, got {tuple(labels.shape)}"
+    )
+  return jnp.mean(jnp.take_along_axis(log_p, labels[None, :, None], axis=-1)[..., 0], axis=0)
+
+
 def smoothed_target_logit(logits_fn, x, labels, eps) -> jax.Array:
   """Monte Carlo mean of the logit of class ``labels``, ``E[f(x + eps)_y]``, per example.
 
