@@ -25,7 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Training mode (smoothjax.modes): "standard" (clean), "noise" (training under the noise
   # below, Cohen et al. 2019's Gaussian augmentation; alias "gaussian"), "fgsm" / "pgd"
   # (Madry et al. 2018, settings in `attack`), "smoothadv" (Salman et al. 2019),
-  # "consistency" (Jeong & Shin 2020), "macer" (Zhai et al. 2020, Gaussian only). Each
+  # "consistency" (Jeong & Shin 2020), "macer" (Zhai et al. 2020, Gaussian only),
+  # "fixedpoint" (fine-tuning for generation, with init_from below). Each
   # mode's settings live in its section below (papers' defaults).
   config.mode = "noise"
   # Training and evaluation noise (smoothjax.noise): "gaussian", "laplace", "uniform" or
@@ -43,6 +44,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.macer = ml_collections.ConfigDict(
     dict(m=16, beta=16.0, gamma=8.0, lbd=12.0, warmup_epochs=0)
   )  # warmup_epochs > 0: lbd ramps up linearly over those epochs
+  config.fixedpoint = ml_collections.ConfigDict(
+    dict(
+      loss="ce", m=0, eps=2.0, steps=5, step_size=0.0, keep_best=False, remat=True, ce_weight=1.0
+    )
+  )  # generation PGD (l2) from real images; m > 0: smoothed under the noise above; step_size
+  # 0: 2.5 * eps / steps; ce_weight 0: the fixed-point loss alone
+  # Start from another run's trained parameters (a workdir of the same model and dataset);
+  # a fresh optimiser. Used when this workdir has no checkpoint yet.
+  config.init_from = ""
   # Optimisation.
   config.num_epochs = 6
   config.batch_size = 64

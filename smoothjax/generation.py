@@ -391,7 +391,8 @@ def fit_class_gaussians(images, labels, num_classes: int, *, factor: int | None 
 
   Santurkar et al. 2019 (``robustness_applications``' generation notebook): the
   mean and the full (biased) covariance of each class's flattened downsampled
-  images, plus ``RIDGE * I``. Computed on the host in float64.
+  images, plus ``RIDGE * I``. Computed on the host in float64; for a split too
+  large for memory, :func:`fit_class_gaussians_in_chunks`.
 
   Args:
     images: ``(N, H, W, C)`` in [0, 1], usually the training split.
@@ -408,35 +409,59 @@ def fit_class_gaussians(images, labels, num_classes: int, *, factor: int | None 
     seeds = fit.seeds(jax.random.split(jax.random.key(0), 8), jnp.full(8, 3))
   """
   images = _check_images(images)
-  labels = np.asarray(labels)
-  if labels.shape != images.shape[:1]:
-    raise InputError(f"labels must hold one class per image ({len(images)}), got {labels.shape}")
+  return fit_class_gaussians_in_chunks(
+    [(images, labels)], num_classes, image_shape=images.shape[1:], factor=factor
+  )
+
+
+def fit_class_gaussians_in_chunks(chunks, num_classes: int, *, image_shape, factor=None):
+  """:func:`fit_class_gaussians` over an iterable of ``(images, labels)`` chunks.
+
+  Accumulates per-class sums of the downsampled images and of their outer
+  products in float64, so the whole split never needs to be in memory.
+  """
   if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
     raise InputError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-  _, h, w, _ = images.shape
+  if num_classes < 1:
+    raise InputError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+  h, w, c = (int(v) for v in image_shape)
   factor = default_factor(h, w) if factor is None else factor
   if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 1:
     raise InputError(f"the downsampling factor must be an integer >= 1, got {factor!r}")
-  grid = downsample(images.astype(np.float64), int(factor)).reshape(len(images), -1)
-  dim = grid.shape[1]
-  means, covs, counts = [], [], []
-  for c in range(int(num_classes)):
-    rows = grid[labels == c]
-    if len(rows) < 2:
+  if h % factor or w % factor:
+    raise InputError(f"downsampling factor {factor} must divide the image size {h}x{w}")
+  dim = (h // factor) * (w // factor) * c
+  sums = np.zeros((num_classes, dim))
+  outer = np.zeros((num_classes, dim, dim))
+  counts = np.zeros(num_classes, np.int64)
+  for images, labels in chunks:
+    images = _check_images(images)
+    labels = np.asarray(labels)
+    if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
       raise InputError(
-        f"class {c} has {len(rows)} training image(s); fitting its seed Gaussian needs >= 2"
+        f"labels must hold one integer class per image ({len(images)}), got {labels.dtype} "
+        f"{labels.shape}"
       )
-    mean = rows.mean(axis=0)
-    centred = rows - mean
-    means.append(mean)
-    covs.append(centred.T @ centred / len(rows) + RIDGE * np.eye(dim))
-    counts.append(len(rows))
+    if images.shape[1:] != (h, w, c):
+      raise InputError(f"images must all have shape {(h, w, c)}, got {images.shape[1:]}")
+    grid = downsample(images.astype(np.float64), int(factor)).reshape(len(images), -1)
+    for k in np.unique(labels):
+      if not 0 <= k < num_classes:
+        raise InputError(f"labels must lie in [0, {num_classes}), got {k}")
+      rows = grid[labels == k]
+      sums[k] += rows.sum(axis=0)
+      outer[k] += rows.T @ rows
+      counts[k] += len(rows)
+  few = [k for k in range(num_classes) if counts[k] < 2]
+  if few:
+    raise InputError(
+      f"class {few[0]} has {counts[few[0]]} training image(s); fitting its seed Gaussian needs >= 2"
+    )
+  mean = sums / counts[:, None]
+  cov = outer / counts[:, None, None] - mean[:, :, None] * mean[:, None, :]
+  cov = 0.5 * (cov + cov.transpose(0, 2, 1)) + RIDGE * np.eye(dim)
   return ClassGaussians(
-    mean=np.stack(means),
-    cov=np.stack(covs),
-    counts=np.asarray(counts, np.int64),
-    image_shape=tuple(int(v) for v in images.shape[1:]),
-    factor=int(factor),
+    mean=mean, cov=cov, counts=counts, image_shape=(h, w, c), factor=int(factor)
   )
 
 

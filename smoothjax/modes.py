@@ -28,6 +28,13 @@ is trained on), other entries are logged as ``train_<name>``.
   Robustness of Smoothed Classifiers" (NeurIPS 2020) (``config.consistency``).
 * ``macer``: Zhai et al., "MACER: Attack-free and Scalable Robust Training via
   Maximizing Certified Radius" (ICLR 2020) (``config.macer``).
+* ``fixedpoint``: fine-tuning for generation (``config.fixedpoint``): with
+  ``psi(x; theta)`` the generation PGD of :mod:`smoothjax.generation` started at
+  a real image towards its own label, minimise ``mean ||x - psi(x; theta)||^2``
+  (differentiated through the unrolled steps) plus ``ce_weight`` times the
+  cross-entropy under the run's noise (clean without noise), which keeps the
+  model a classifier; ``ce_weight = 0`` is the fixed-point objective alone. Start
+  it from a trained workdir with ``config.init_from``.
 
 Attacks inside training run on an eval-mode view of the model with its
 parameters held constant (:func:`frozen_logits_fn`), so BatchNorm neither
@@ -55,7 +62,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from smoothjax import attacks, losses
+from smoothjax import attacks, generation, losses
 from smoothjax import noise as noise_lib
 from smoothjax.errors import InputError
 
@@ -308,6 +315,85 @@ def _macer(config, noise) -> LossFn:
   return loss_fn
 
 
+# psi: l2 steps (a sign step has zero derivative in the parameters), no random start,
+# the last iterate (keep_best=True selects among iterates by their scores instead).
+# m = 0 generates with the base classifier (a robust model's), m > 0 with the smoothed one
+# under the run's noise.
+FIXEDPOINT_DEFAULTS = {
+  "loss": "ce",
+  "m": 0,
+  "eps": 2.0,
+  "steps": 5,
+  "step_size": 0.0,
+  "keep_best": False,
+  "remat": True,
+  "ce_weight": 1.0,
+}
+
+
+def eval_logits_fn(model: nnx.Module) -> Callable[[jax.Array], jax.Array]:
+  """The model's eval-mode logits, differentiable in its parameters (no state updates)."""
+  graphdef, state = nnx.split(model)
+
+  def logits_fn(x):
+    copy = nnx.merge(graphdef, state)
+    copy.eval()
+    return copy(x)
+
+  return logits_fn
+
+
+def _fixedpoint(config, noise) -> LossFn:
+  s = _section(config, "fixedpoint", FIXEDPOINT_DEFAULTS)
+  if s["loss"] not in generation.LOSSES:
+    raise InputError(
+      f"fixedpoint.loss must be one of {', '.join(generation.LOSSES)}, got {s['loss']!r}"
+    )
+  m = _number(s, "m", low=0, integer=True)
+  if m > 0:
+    _need_noise("fixedpoint with m > 0", noise)
+  eps = _number(s, "eps", low=0, low_open=True)
+  steps = _number(s, "steps", low=1, integer=True)
+  step_size = _number(s, "step_size", low=0) or None
+  ce_weight = _number(s, "ce_weight", low=0)
+  for name in ("keep_best", "remat"):
+    if not isinstance(s[name], bool):
+      raise InputError(f"fixedpoint.{name} must be True or False, got {s[name]!r}")
+  settings = dict(
+    loss=s["loss"],
+    m=m,
+    eps=eps,
+    norm="l2",
+    steps=steps,
+    step_size=step_size,
+    keep_best=s["keep_best"],
+    remat=s["remat"],
+  )
+
+  def loss_fn(model, key, images, labels, epoch):
+    del epoch
+    psi_key, noise_key = jax.random.split(key)
+    bound = None if noise is None else for_inputs(noise, images)
+    keys = jax.random.split(psi_key, images.shape[0]) if m > 0 else None
+    distances = generation.fixed_point_loss(
+      eval_logits_fn(model), images, labels, keys, noise=bound, **settings
+    )
+    fixed_point = jnp.mean(distances)
+    inputs = images
+    if bound is not None:
+      inputs = images + bound.sample(noise_key, images.shape, images.dtype)
+    logits = model(inputs)
+    cross_entropy = _ce(logits, labels).mean()
+    loss = fixed_point + ce_weight * cross_entropy
+    return loss, {
+      "accuracy": _accuracy(logits, labels),
+      "fixed_point": fixed_point,
+      "cross_entropy": cross_entropy,
+    }
+
+  return loss_fn
+
+
 # Mode name -> factory ``build(config, noise) -> loss_fn``.
 MODES: dict[str, Callable[[Mapping[str, Any], noise_lib.Noise | None], LossFn]] = {
   "standard": _standard,
@@ -318,6 +404,7 @@ MODES: dict[str, Callable[[Mapping[str, Any], noise_lib.Noise | None], LossFn]] 
   "smoothadv": _smoothadv,
   "consistency": _consistency,
   "macer": _macer,
+  "fixedpoint": _fixedpoint,
 }
 
 

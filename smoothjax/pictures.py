@@ -19,7 +19,7 @@ import numpy as np
 
 from smoothjax.errors import InputError
 
-__all__ = ["adversarial_examples"]
+__all__ = ["adversarial_examples", "image_grid"]
 
 ABSTAIN = -1
 _WRONG = "tab:red"
@@ -163,6 +163,88 @@ def adversarial_examples(
   if title:
     fig.suptitle(title, fontsize=10)
   fig.tight_layout()
+  if path is not None:
+    parent = os.path.dirname(os.fspath(path))
+    if parent:
+      os.makedirs(parent, exist_ok=True)
+    fig.savefig(os.fspath(path), format="png")
+  return fig
+
+
+def image_grid(
+  path: str | os.PathLike | None,
+  images,
+  *,
+  row_labels: Sequence[str] | None = None,
+  first_column=None,
+  first_column_label: str = "seed",
+  title: str | None = None,
+  inches: float = 0.9,
+  dpi: int = 100,
+):
+  """Draws a grid of images, one row per group (a class), and writes a PNG.
+
+  Args:
+    path: the PNG to write (missing parent folders are created), or None.
+    images: ``(rows, cols, H, W, C)`` (C = 1 or 3) or ``(rows, cols, H, W)`` in [0, 1].
+    row_labels: one label per row, written left of it.
+    first_column: optional ``(rows, H, W, C)`` images drawn before each row (its
+      seed), titled ``first_column_label`` on the top row.
+    title: optional figure title.
+    inches: size of one cell.
+    dpi: resolution.
+
+  Returns:
+    The ``matplotlib.figure.Figure``.
+
+  Raises:
+    InputError: bad shapes or labels.
+  """
+  array = np.asarray(images, dtype=np.float64)
+  if array.ndim == 4:
+    array = array[..., None]
+  if array.ndim != 5 or 0 in array.shape[:2]:
+    raise InputError(f"images must be a (rows, cols, H, W, C) array, got shape {np.shape(images)}")
+  rows, cols = array.shape[:2]
+  grid = _images("images", array.reshape(rows * cols, *array.shape[2:])).reshape(array.shape)
+  extra = None
+  if first_column is not None:
+    extra = _images("first_column", first_column)
+    if extra.shape != (rows, *grid.shape[2:]):
+      raise InputError(
+        f"first_column must hold one image per row, shape {(rows, *grid.shape[2:])}, got "
+        f"{extra.shape}"
+      )
+  if row_labels is not None and len(row_labels) != rows:
+    raise InputError(f"row_labels must hold {rows} labels, one per row, got {len(row_labels)}")
+  if not (isinstance(dpi, int | np.integer) and dpi > 0):
+    raise InputError(f"dpi must be a positive integer, got {dpi!r}")
+  from matplotlib.figure import Figure
+
+  offset = 1 if extra is not None else 0
+  total = cols + offset
+  head = (0.45 if title else 0.1) + (0.2 if extra is not None else 0.0)
+  fig = Figure(figsize=(total * inches + 0.6, rows * inches + head), dpi=dpi)
+  axes = fig.subplots(rows, total, squeeze=False)
+  for r in range(rows):
+    if extra is not None:
+      _show(axes[r, 0], extra[r])
+      if r == 0:
+        axes[r, 0].set_title(first_column_label, fontsize=8)
+    for c in range(cols):
+      _show(axes[r, c + offset], grid[r, c])
+    if row_labels is not None:
+      axes[r, 0].set_ylabel(str(row_labels[r]), fontsize=9, rotation=0, ha="right", va="center")
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.subplots_adjust(
+    left=0.6 / (total * inches + 0.6),
+    right=0.99,
+    bottom=0.01,
+    top=1 - head / (rows * inches + head),
+    wspace=0.05,
+    hspace=0.05,
+  )
   if path is not None:
     parent = os.path.dirname(os.fspath(path))
     if parent:

@@ -223,6 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
   steps_per_epoch = data_lib.num_batches(train_split, config.batch_size)
   mesh = parallel.make_mesh() if mesh is None else mesh
   _check_same_run(config, workdir)
+  _check_init_from(config, workdir)
   workdir_lib.make_workdir(workdir)
   with locks.exclusive(os.path.join(workdir, "train.lock"), f"workdir {workdir}"):
     return _train(config, workdir, dataset, train_split, test_split, steps_per_epoch, mesh)
@@ -246,6 +247,8 @@ def _train(config, workdir, dataset, train_split, test_split, steps_per_epoch, m
         )
       state = parallel.replicate(nnx.State({0: model_state, 1: opt_state}), mesh)
       partial = meta.get("partial")
+    elif config.get("init_from"):
+      state = parallel.replicate(_initial_state(trainer, config.init_from), mesh)
     total_steps = config.num_epochs * steps_per_epoch
     if start_step >= total_steps:
       done = start_step / steps_per_epoch
@@ -412,6 +415,38 @@ def _check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
   ]
   if changed:
     print(f"note: resuming {workdir} with changed settings: {', '.join(sorted(changed))}")
+
+
+def _check_init_from(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses an ``init_from`` that is not a trained workdir of the same model and dataset."""
+  source = config.get("init_from") or ""
+  if not isinstance(source, str):
+    raise InputError(f"init_from must be a workdir path (or empty), got {source!r}")
+  if not source:
+    return
+  if os.path.abspath(source) == os.path.abspath(workdir):
+    raise InputError(f"init_from is the workdir itself ({workdir}); name another trained run")
+  saved = workdir_lib.load_config(source)
+  clash = [f"{f}={saved.get(f)!r}" for f in ("model", "dataset") if saved.get(f) != config.get(f)]
+  if clash:
+    raise InputError(
+      f"init_from {source} holds a run with {', '.join(clash)}; start from a run of "
+      f"model={config.model!r} on dataset={config.dataset!r}"
+    )
+  ckpt = checkpointing.Checkpointer(source, create=False)
+  try:
+    if ckpt.latest_step() is None:
+      raise InputError(f"init_from {source} has no checkpoints; train it first")
+  finally:
+    ckpt.close()
+
+
+def _initial_state(trainer: Trainer, source: str):
+  """The trainer's state with the model's parameters and statistics from ``source``."""
+  model, _, _, meta = checkpointing.restore_model(source)
+  nnx.update(trainer.model, nnx.state(model))
+  print(f"starting from {source} (epoch {meta['epoch']}, step {meta['step']})", flush=True)
+  return trainer.state()
 
 
 def _read_history(path: str, upto_epoch: int) -> list[dict]:

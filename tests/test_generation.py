@@ -254,7 +254,7 @@ def test_one_fine_tuning_step_lowers_the_fixed_point_loss():
     ),
     (lambda: generation.generate(linear, images(1), jnp.array([0]), eps=-1, steps=2), "eps"),
     (
-      lambda: generation.fit_class_gaussians(_rng.rand(4, 4, 4, 1), np.zeros(4), 2),
+      lambda: generation.fit_class_gaussians(_rng.rand(4, 4, 4, 1), np.zeros(4, int), 2),
       "class 1 has 0",
     ),
     (
