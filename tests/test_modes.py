@@ -14,7 +14,16 @@ from configs import default
 from smoothjax import augment, data, models, modes, training
 from smoothjax.errors import InputError
 
-ALL_MODES = ["standard", "gaussian", "fgsm", "pgd", "smoothadv", "consistency", "macer"]
+ALL_MODES = [
+  "standard",
+  "gaussian",
+  "fgsm",
+  "pgd",
+  "smoothadv",
+  "consistency",
+  "macer",
+  "fixedpoint",
+]
 
 
 def mode_config(mode, **overrides):
@@ -26,6 +35,7 @@ def mode_config(mode, **overrides):
   config.attack.steps = 3
   config.smoothadv.warmup_epochs = 1
   config.macer.m = 4
+  config.fixedpoint.steps = 2
   if mode in ("fgsm", "pgd", "standard"):
     config.noise_sd = 0.0
   for k, v in overrides.items():
@@ -142,6 +152,11 @@ def test_attacks_in_training_use_eval_mode_and_leave_batch_statistics_alone(batc
     ("macer", "gamma", -1.0, "macer.gamma"),
     ("macer", "m", 0, "macer.m"),
     ("macer", "warmup_epochs", -1, "macer.warmup_epochs"),
+    ("fixedpoint", "loss", "hinge", "fixedpoint.loss"),
+    ("fixedpoint", "eps", 0.0, "fixedpoint.eps"),
+    ("fixedpoint", "m", -1, "fixedpoint.m"),
+    ("fixedpoint", "keep_best", "yes", "fixedpoint.keep_best"),
+    ("fixedpoint", "ce_weight", -1.0, "fixedpoint.ce_weight"),
   ],
 )
 def test_bad_mode_settings_are_refused_before_writing(tmp_path, section, key, value, message):

@@ -1,0 +1,111 @@
+"""Fixed-point fine-tuning as a training mode: init_from, its metrics, kill-and-resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from test_training import Killed, kill_once_at, params_of, tiny_config
+
+from smoothjax import checkpointing, data, models, training
+from smoothjax.errors import InputError
+
+
+def finetune_config(source, **overrides):
+  config = tiny_config(
+    mode="fixedpoint",
+    init_from=source,
+    noise_sd=0.0,
+    batch_size=200,  # 20 steps per epoch
+    learning_rate=0.01,
+  )
+  config.fixedpoint.steps = 2
+  for k, v in overrides.items():
+    config[k] = v
+  return config
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """A trained source run and a one-epoch fine-tuning of it."""
+  root = tmp_path_factory.mktemp("fixedpoint")
+  source = str(root / "source")
+  training.train_and_evaluate(tiny_config(mode="standard", noise_sd=0.0), source)
+  tuned = str(root / "tuned")
+  last = training.train_and_evaluate(finetune_config(source), tuned)
+  return source, tuned, last
+
+
+def distance(a, b):
+  return float(
+    np.sqrt(
+      sum(np.sum((x - y) ** 2) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    )
+  )
+
+
+def test_fine_tuning_starts_from_the_source_and_logs_the_objective(runs):
+  source, tuned, last = runs
+  assert 0 < last["train_fixed_point"] <= 4.0 + 1e-4  # ||x - psi||^2 <= eps^2 = 4
+  assert last["train_cross_entropy"] > 0 and last["test_accuracy"] > 0.5
+  with open(os.path.join(tuned, "config.json")) as f:
+    assert json.load(f)["init_from"] == source
+  info = data.load("embedded_mnist").info
+  fresh = nnx.to_pure_dict(nnx.state(models.from_config(finetune_config(source), info, seed=0)))
+  fresh = jax.tree.map(np.asarray, fresh)
+  before, after = params_of(source), params_of(tuned)
+  # 20 small steps from the source: far nearer to it than to a new initialisation.
+  assert distance(after, before) < 0.2 * distance(fresh, before)
+  assert distance(after, before) > 0
+
+
+def test_killed_fine_tuning_resumes_to_the_same_parameters(runs, tmp_path, monkeypatch):
+  source, tuned, _ = runs
+  resumed = str(tmp_path / "resumed")
+  config = finetune_config(source, checkpoint_every_steps=4)
+  starts = kill_once_at(monkeypatch, at_epoch=0, at_batch=10)
+  with pytest.raises(Killed):
+    training.train_and_evaluate(config, resumed)
+  training.train_and_evaluate(config, resumed)
+  # The rerun resumes its own checkpoint at step 8, not init_from again.
+  assert starts == [(0, 0), (0, 8)]
+  a, b = params_of(tuned), params_of(resumed)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+  "init_from,overrides,message",
+  [
+    ("missing", {}, "missing"),
+    ("source", {"model": "cnn"}, "holds a run with model='cnn_tiny'"),
+    ("self", {}, "the workdir itself"),
+  ],
+)
+def test_bad_init_from_is_refused_before_writing(runs, tmp_path, init_from, overrides, message):
+  source, _, _ = runs
+  workdir = str(tmp_path / "w")
+  path = {"missing": str(tmp_path / "missing"), "source": source, "self": workdir}[init_from]
+  with pytest.raises(InputError, match=message):
+    training.train_and_evaluate(finetune_config(path, **overrides), workdir)
+  assert not os.path.exists(workdir)
+
+
+def test_fixed_point_needs_noise_only_with_samples():
+  from smoothjax import modes
+
+  config = finetune_config("", noise_sd=0.0)
+  modes.build(config)  # m = 0: the base classifier, no noise needed
+  config.fixedpoint.m = 4
+  with pytest.raises(InputError, match="noise_sd"):
+    modes.build(config)
+
+
+def test_restored_fine_tuned_model_is_a_checkpoint_like_any_other(runs):
+  _, tuned, _ = runs
+  model, config, _, meta = checkpointing.restore_model(tuned)
+  assert config.mode == "fixedpoint" and meta["epoch"] == 1
