@@ -155,7 +155,7 @@ def test_attacks_in_training_use_eval_mode_and_leave_batch_statistics_alone(batc
     ("fixedpoint", "loss", "hinge", "fixedpoint.loss"),
     ("fixedpoint", "eps", 0.0, "fixedpoint.eps"),
     ("fixedpoint", "m", -1, "fixedpoint.m"),
-    ("fixedpoint", "keep_best", "yes", "fixedpoint.keep_best"),
+    ("fixedpoint", "steps", 0, "fixedpoint.steps"),
     ("fixedpoint", "ce_weight", -1.0, "fixedpoint.ce_weight"),
   ],
 )
