@@ -89,7 +89,7 @@ def test_rerun_resumes_and_an_image_does_not_depend_on_what_else_is_generated(ge
   more = load(copy)
   assert list(more["targets"]) == [1] * 4 + [7] * 4
   np.testing.assert_array_equal(more["images"][[0, 1, 2, 4, 5, 6]], first["images"])
-  # Alone, in another batch, image 2 of class 7 comes out the same.
+  # Alone, in other batches, on 8 devices, the images of class 7 come out the same.
   alone = str(root / "alone")
   run(
     "generate.py",
@@ -100,6 +100,7 @@ def test_rerun_resumes_and_an_image_does_not_depend_on_what_else_is_generated(ge
     "--m=4",
     "--batch=2",
     *STEPS,
+    devices=8,
   )
   np.testing.assert_allclose(load(alone)["images"], first["images"][3:], rtol=1e-5, atol=1e-5)
 
