@@ -1,7 +1,7 @@
 """smoothjax: randomized smoothing in JAX and Flax.
 
-The pure core (``noise``, ``stats``, ``smoothing``, ``losses``, ``attacks``)
-works on any ``logits_fn(inputs) -> logits``; ``data``, ``models``, ``modes``,
+The pure core (``noise``, ``stats``, ``smoothing``, ``losses``, ``attacks``,
+``generation``) works on any ``logits_fn(inputs) -> logits``; ``data``, ``models``, ``modes``,
 ``optim``, ``training``, ``workdir``, ``checkpointing`` and ``parallel`` train and
 restore base classifiers; ``results``, ``result_reader``, ``outputs``, ``locks``,
 ``analysis`` and ``pictures`` write, read, summarise and plot certificates and
@@ -14,6 +14,7 @@ from smoothjax import (
   checkpointing,
   data,
   errors,
+  generation,
   hashing,
   locks,
   losses,
@@ -48,6 +49,7 @@ __all__ = [
   "checkpointing",
   "data",
   "errors",
+  "generation",
   "hashing",
   "locks",
   "losses",

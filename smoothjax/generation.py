@@ -236,7 +236,10 @@ def fixed_point_loss(logits_fn, x, labels, keys=None, **settings) -> jax.Array:
 
   ``psi(x)`` is :func:`generate` started at the real images ``x`` towards their
   own ``labels`` (``settings`` are its keyword arguments: ``loss``, ``noise``,
-  ``m``, ``eps``, ``norm``, ``steps``, ``step_size``, ``keep_best``, ``remat``).
+  ``m``, ``eps``, ``norm``, ``steps``, ``step_size``, ``keep_best``, ``remat``),
+  except that ``keep_best`` defaults to False: ``psi`` is the last iterate. (The
+  best iterate of a confident classifier is often ``x`` itself, whose
+  log-probability already rounds to 0, which would make the objective 0.)
   Differentiate it in what ``logits_fn`` closes over (the classifier's
   parameters) to fine-tune the classifier so that real images are near-fixed
   points of generation: the objective ``mean_i ||x_i - psi(x_i; theta)||^2``.
@@ -262,6 +265,7 @@ def fixed_point_loss(logits_fn, x, labels, keys=None, **settings) -> jax.Array:
     grads = jax.grad(objective)(params)
   """
   x = jnp.asarray(x)
+  settings.setdefault("keep_best", False)
   psi = generate(logits_fn, x, labels, keys, **settings)
   return jnp.sum(jnp.square((x - psi).reshape(x.shape[0], -1)), axis=1)
 
