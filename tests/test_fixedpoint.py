@@ -15,13 +15,29 @@ from smoothjax import checkpointing, data, models, training
 from smoothjax.errors import InputError
 
 
+def small_digits(folder) -> str:
+  """An IDX folder of 800 training and 200 test digits of every class: quick epochs."""
+  src = data.load("embedded_mnist")
+  os.makedirs(folder, exist_ok=True)
+  for split, prefix, n in (("train", "train", 4000), ("test", "t10k", 1000)):
+    images, labels = src.split(split).get(np.arange(0, n, 5))
+    pixels = (images[..., 0] * 255).round().astype(np.uint8)
+    data.write_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte"), pixels)
+    data.write_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte"), labels.astype(np.uint8))
+  return f"idx:{folder}"
+
+
+DATASET = None
+
+
 def finetune_config(source, **overrides):
   config = tiny_config(
     mode="fixedpoint",
     init_from=source,
     noise_sd=0.0,
-    batch_size=200,  # 20 steps per epoch
+    batch_size=100,  # 8 steps per epoch
     learning_rate=0.01,
+    dataset=DATASET,
   )
   config.fixedpoint.steps = 2
   for k, v in overrides.items():
@@ -32,9 +48,12 @@ def finetune_config(source, **overrides):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """A trained source run and a one-epoch fine-tuning of it."""
+  global DATASET
   root = tmp_path_factory.mktemp("fixedpoint")
+  DATASET = small_digits(str(root / "digits"))
   source = str(root / "source")
-  training.train_and_evaluate(tiny_config(mode="standard", noise_sd=0.0), source)
+  config = tiny_config(mode="standard", noise_sd=0.0, dataset=DATASET, num_epochs=3)
+  training.train_and_evaluate(config, source)
   tuned = str(root / "tuned")
   last = training.train_and_evaluate(finetune_config(source), tuned)
   return source, tuned, last
@@ -51,14 +70,14 @@ def distance(a, b):
 def test_fine_tuning_starts_from_the_source_and_logs_the_objective(runs):
   source, tuned, last = runs
   assert 0 < last["train_fixed_point"] <= 4.0 + 1e-4  # ||x - psi||^2 <= eps^2 = 4
-  assert last["train_cross_entropy"] > 0 and last["test_accuracy"] > 0.5
+  assert last["train_cross_entropy"] > 0 and last["test_accuracy"] > 0.3
   with open(os.path.join(tuned, "config.json")) as f:
     assert json.load(f)["init_from"] == source
-  info = data.load("embedded_mnist").info
+  info = data.load(DATASET).info
   fresh = nnx.to_pure_dict(nnx.state(models.from_config(finetune_config(source), info, seed=0)))
   fresh = jax.tree.map(np.asarray, fresh)
   before, after = params_of(source), params_of(tuned)
-  # 20 small steps from the source: far nearer to it than to a new initialisation.
+  # 8 small steps from the source: far nearer to it than to a new initialisation.
   assert distance(after, before) < 0.2 * distance(fresh, before)
   assert distance(after, before) > 0
 
@@ -66,13 +85,13 @@ def test_fine_tuning_starts_from_the_source_and_logs_the_objective(runs):
 def test_killed_fine_tuning_resumes_to_the_same_parameters(runs, tmp_path, monkeypatch):
   source, tuned, _ = runs
   resumed = str(tmp_path / "resumed")
-  config = finetune_config(source, checkpoint_every_steps=4)
-  starts = kill_once_at(monkeypatch, at_epoch=0, at_batch=10)
+  config = finetune_config(source, checkpoint_every_steps=3)
+  starts = kill_once_at(monkeypatch, at_epoch=0, at_batch=5)
   with pytest.raises(Killed):
     training.train_and_evaluate(config, resumed)
   training.train_and_evaluate(config, resumed)
-  # The rerun resumes its own checkpoint at step 8, not init_from again.
-  assert starts == [(0, 0), (0, 8)]
+  # The rerun resumes its own checkpoint at step 3, not init_from again.
+  assert starts == [(0, 0), (0, 3)]
   a, b = params_of(tuned), params_of(resumed)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)

@@ -150,21 +150,8 @@ def test_other_settings_in_the_same_outdir_are_refused(generated, workdirs):
   assert os.listdir(os.path.join(outdir, "parts")) == before
 
 
-@pytest.mark.parametrize(
-  "args,message",
-  [
-    (["--loss=hinge"], "unknown --loss 'hinge'"),
-    (["--classes=3,10"], "class 10 is out of range"),
-    (["--classes=a"], "--classes must be comma-separated"),
-    (["--seed_dist=gan"], "unknown --seed_dist"),
-    (["--per_class=0"], "--per_class must be >= 1"),
-    (["--judge=OTHER"], "a judge must classify the same dataset"),
-    (["--judge=MISSING"], "MISSING"),
-    (["--seed_factor=3"], "must divide the image size 28x28"),
-  ],
-)
-def test_bad_input_is_one_line_error_and_writes_nothing(workdirs, tmp_path, args, message):
-  root, run_dir, judge = workdirs
+def other_dataset_judge(root, judge) -> str:
+  """A copy of the judge whose config names another dataset."""
   other = str(root / "other_dataset")
   if not os.path.exists(other):
     shutil.copytree(judge, other)
@@ -173,8 +160,56 @@ def test_bad_input_is_one_line_error_and_writes_nothing(workdirs, tmp_path, args
     config["dataset"] = "fashion_mnist"
     with open(os.path.join(other, "config.json"), "w") as f:
       json.dump(config, f)
-  args = [a.replace("OTHER", other).replace("MISSING", str(tmp_path / "nowhere")) for a in args]
+  return other
+
+
+@pytest.mark.parametrize(
+  "args,message",
+  [
+    (["--loss=hinge"], "unknown --loss 'hinge'"),
+    (["--judge=OTHER"], "a judge must classify the same dataset"),
+  ],
+)
+def test_bad_input_is_one_line_error_and_writes_nothing(workdirs, tmp_path, args, message):
+  root, run_dir, judge = workdirs
+  other = other_dataset_judge(root, judge)
+  args = [a.replace("OTHER", other) for a in args]
   outdir = tmp_path / "out"
   proc = run("generate.py", f"--workdir={run_dir}", f"--outdir={outdir}", *args, check=False)
-  assert_one_line_error(proc, message.replace("MISSING", "nowhere"))
+  assert_one_line_error(proc, message)
   assert not outdir.exists()
+
+
+@pytest.mark.parametrize(
+  "options,message",
+  [
+    ({"classes": (3, 10)}, "class 10 is out of range"),
+    ({"seed_dist": "gan"}, "unknown --seed_dist"),
+    ({"per_class": 0}, "--per_class must be >= 1"),
+    ({"judge": "MISSING"}, "nowhere"),
+    ({"seed_factor": 3}, "must divide the image size 28x28"),
+    ({"norm": "l1"}, "unknown --norm"),
+    ({"m": 4, "sigma": -1.0}, "--sigma must be > 0"),
+    ({"judge": "SELF"}, "the generating run itself"),
+  ],
+)
+def test_bad_options_are_refused_before_anything_is_written(workdirs, tmp_path, options, message):
+  from smoothjax.cli import generate
+  from smoothjax.errors import InputError
+
+  _, run_dir, _ = workdirs
+  paths = {"MISSING": str(tmp_path / "nowhere"), "SELF": run_dir}
+  options = {k: paths.get(v, v) if isinstance(v, str) else v for k, v in options.items()}
+  outdir = tmp_path / "out"
+  with pytest.raises(InputError, match=message):
+    generate.run_generate(generate.Options(workdir=run_dir, outdir=str(outdir), **options))
+  assert not outdir.exists()
+
+
+def test_parse_classes():
+  from smoothjax.cli import generate
+  from smoothjax.errors import InputError
+
+  assert generate.parse_classes("0, 3,7") == (0, 3, 7) and generate.parse_classes("") is None
+  with pytest.raises(InputError, match="comma-separated"):
+    generate.parse_classes("a")
