@@ -11,12 +11,14 @@ resumes):
 * ``fixedpoint``: the standard model fine-tuned with the fixed-point objective
   (``mode=fixedpoint``, ``init_from`` the standard run).
 
-Then generate.py draws ``--per_class`` images of every class from the same
-class-conditional Gaussian seeds with each model (smoothed with ``--m`` samples for
-the noise-trained models, the base classifier for the others), and writes one
-table (judge accuracy on the images and on their seeds, the generating model's
-confidence, the l2 distance to the seeds) and one grid per model into
-``--figures``.
+Then generate.py draws ``--per_class`` images of every class with each model
+(smoothed with ``--m`` samples for the noise-trained models, the base classifier
+for the others) from the same seeds of each of ``--seed_dists``: Santurkar et
+al.'s class-conditional Gaussians, and real test digits of any class (which the
+judge mostly sees as their own class, so a model must change them into the target
+for the judge to agree). It writes one table (judge accuracy on the images and on
+their seeds, the generating model's confidence, the l2 distance to the seeds) and
+one grid per model and seed distribution into ``--figures``.
 
 Usage::
 
@@ -55,6 +57,7 @@ def main():
   parser.add_argument("--eps", type=float, default=30.0)
   parser.add_argument("--step_size", type=float, default=0.5)
   parser.add_argument("--loss", default="ce")
+  parser.add_argument("--seed_dists", default="class_gaussian,real")
   args = parser.parse_args()
   out = os.path.join(ROOT, args.outdir)
   py = sys.executable
@@ -105,54 +108,55 @@ def main():
   models = {"standard": 0, "gaussian": args.m, "smoothadv": args.m, "fixedpoint": 0}
   summaries = {}
   os.makedirs(os.path.join(ROOT, args.figures), exist_ok=True)
-  for name, m in models.items():
-    gen = os.path.join(out, f"generated_{name}")
-    started = time.time()
-    _run(
-      [
-        py,
-        "generate.py",
-        f"--workdir={workdir(name)}",
-        f"--outdir={gen}",
-        f"--per_class={args.per_class}",
-        f"--m={m}",
-        f"--loss={args.loss}",
-        f"--steps={args.steps}",
-        f"--eps={args.eps}",
-        f"--step_size={args.step_size}",
-        f"--judge={workdir('judge')}",
-        "--show_seeds",
-      ]
-    )
-    with open(os.path.join(gen, "summary.json")) as f:
-      summaries[name] = json.load(f)["overall"]
-    summaries[name]["seconds"] = time.time() - started
-    summaries[name]["m"] = m
-    shutil.copy(os.path.join(gen, "grid.png"), os.path.join(ROOT, args.figures, f"{name}.png"))
+  for seed_dist in args.seed_dists.split(","):
+    for name, m in models.items():
+      gen = os.path.join(out, f"generated_{name}_{seed_dist}")
+      started = time.time()
+      _run(
+        [
+          py,
+          "generate.py",
+          f"--workdir={workdir(name)}",
+          f"--outdir={gen}",
+          f"--per_class={args.per_class}",
+          f"--m={m}",
+          f"--loss={args.loss}",
+          f"--steps={args.steps}",
+          f"--eps={args.eps}",
+          f"--step_size={args.step_size}",
+          f"--judge={workdir('judge')}",
+          "--show_seeds",
+          f"--seed_dist={seed_dist}",
+        ]
+      )
+      with open(os.path.join(gen, "summary.json")) as f:
+        summary = json.load(f)["overall"]
+      summary.update(seconds=time.time() - started, m=m, seed_dist=seed_dist, model=name)
+      summaries[(name, seed_dist)] = summary
+      figure = os.path.join(ROOT, args.figures, f"{name}_{seed_dist}.png")
+      shutil.copy(os.path.join(gen, "grid.png"), figure)
 
   metrics = {}
-  for name in models:
+  for name in [*models, "judge"]:
     with open(os.path.join(workdir(name), "metrics.jsonl")) as f:
       metrics[name] = json.loads(f.read().splitlines()[-1])
   lines = [
     f"Loss {args.loss}, l2 eps {args.eps:g}, {args.steps} steps of {args.step_size:g}, "
-    f"{args.per_class} images per class, class-Gaussian seeds.",
+    f"{args.per_class} images per class. Judge: LeNet, clean test accuracy "
+    f"{100 * metrics['judge']['test_accuracy']:.1f}%.",
     "",
-    "| model | clean test acc | generated with | judge acc (images) | judge acc (seeds) "
+    "| model | clean test acc | generated with | seeds | judge acc (images) | judge acc (seeds) "
     "| confidence | l2 to seed | train s | generate s |",
-    "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    "|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
   ]
-  for name, s in summaries.items():
+  for (name, seed_dist), s in summaries.items():
     how = f"smoothed, m = {s['m']}" if s["m"] else "base classifier"
     lines.append(
-      f"| {name} | {100 * metrics[name]['test_accuracy']:.1f} | {how} "
+      f"| {name} | {100 * metrics[name]['test_accuracy']:.1f} | {how} | {seed_dist} "
       f"| {100 * s['judge_accuracy']:.1f} | {100 * s['judge_accuracy_seeds']:.1f} "
       f"| {s['confidence']:.3f} | {s['l2_to_seed']:.2f} | {seconds[name]:.0f} "
       f"| {s['seconds']:.0f} |"
     )
-  with open(os.path.join(workdir("judge"), "metrics.jsonl")) as f:
-    judge = json.loads(f.read().splitlines()[-1])
-  lines += ["", f"Judge: LeNet, clean test accuracy {100 * judge['test_accuracy']:.1f}%."]
   text = "\n".join(lines) + "\n"
   with open(os.path.join(out, "table.md"), "w") as f:
     f.write(text)
