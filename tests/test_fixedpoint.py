@@ -14,6 +14,9 @@ from test_training import Killed, kill_once_at, params_of, tiny_config
 from smoothjax import checkpointing, data, models, training
 from smoothjax.errors import InputError
 
+# End-to-end runs (deselected by -m "not slow").
+pytestmark = pytest.mark.slow
+
 
 def small_digits(folder) -> str:
   """An IDX folder of 800 training and 200 test digits of every class: quick epochs."""

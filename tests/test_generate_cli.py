@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, run, train_tiny
 
+# End-to-end runs (deselected by -m "not slow").
+pytestmark = pytest.mark.slow
+
 STEPS = ["--steps=4", "--eps=3.0"]
 
 
@@ -106,21 +109,24 @@ def test_rerun_resumes_and_an_image_does_not_depend_on_what_else_is_generated(ge
 
 
 def test_base_classifier_with_real_seeds_in_linf(workdirs):
+  from smoothjax.cli import generate
+
   root, run_dir, _ = workdirs
   outdir = str(root / "linf")
-  run(
-    "generate.py",
-    f"--workdir={run_dir}",
-    f"--outdir={outdir}",
-    "--classes=0",
-    "--per_class=2",
-    "--m=0",
-    "--seed_dist=real",
-    "--norm=linf",
-    "--eps=0.2",
-    "--steps=3",
-    "--loss=tcm",
+  options = generate.Options(
+    workdir=run_dir,
+    outdir=outdir,
+    classes=(0,),
+    per_class=2,
+    m=0,
+    seed_dist="real",
+    norm="linf",
+    eps=0.2,
+    steps=3,
+    loss="tcm",
   )
+  summary = generate.run_generate(options)
+  assert summary["overall"]["images"] == 2 and "judge_accuracy" not in summary["overall"]
   arrays = load(outdir)
   assert np.abs(arrays["images"] - arrays["seeds"]).max() <= 0.2 + 1e-6
   # Real seeds are test digits.

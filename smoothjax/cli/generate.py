@@ -21,9 +21,9 @@ Writes into ``--outdir``:
   confidence in the target class, and the mean l2 distance to the seeds;
 * ``settings.json`` and ``parts/``, the finished batches: rerunning the same
   command resumes, and a larger ``--per_class`` or more ``--classes`` only
-  generates what is missing. Image ``j`` of class ``c`` draws its seed and noise
-  from ``fold_in(fold_in(key(seed), c), j)``, so it is the same whatever else
-  is generated with it.
+  generates what is missing. Image ``j`` of class ``c`` draws its seed, noise and
+  confidence samples from the three keys of ``split(fold_in(fold_in(key(seed), c),
+  j), 3)``, so it is the same whatever else is generated with it.
 
 Seeds (``--seed_dist``): ``class_gaussian`` draws from a Gaussian fitted to the
 target class's training images on a grid downsampled by ``--seed_factor``
@@ -57,7 +57,6 @@ NORMS = ("l2", "linf")
 # enough not to bind); linf has no such reference: 0.3, the MNIST threat model's radius.
 DEFAULT_EPS = {"l2": 30.0, "linf": 0.3}
 DEFAULT_STEP_SIZE = {"l2": 0.5, "linf": None}
-_SEED_TAG, _NOISE_TAG, _CONFIDENCE_TAG = 0, 1, 2
 _FIT_CHUNK = 2048
 
 
@@ -290,8 +289,15 @@ def _image_keys(seed: int, classes, index) -> jax.Array:
   return jax.vmap(jax.random.fold_in)(per_class, jnp.asarray(index, jnp.uint32))
 
 
-def _tagged(keys, tag: int):
-  return jax.vmap(jax.random.fold_in, (0, None))(keys, tag)
+def _split_keys(keys):
+  """Each image's key split into its seed, noise and confidence keys: three ``(B,)`` arrays."""
+  split = jax.vmap(lambda k: jax.random.split(k, 3))(keys)
+  return split[:, 0], split[:, 1], split[:, 2]
+
+
+def _padding_keys(count: int):
+  """Keys for the rows that pad a batch to its fixed size (their results are dropped)."""
+  return jax.random.split(jax.random.key(2**31 - 1), count)
 
 
 class _Generator:
@@ -338,14 +344,16 @@ class _Generator:
       return tuple(jnp.asarray(a) for a in arrays)
     return parallel.shard_batch(arrays, self.mesh)
 
-  def __call__(self, seeds, classes, keys):
+  def __call__(self, seeds, classes, noise_keys, confidence_keys):
     real = len(classes)
     pad = self.size - real
     seeds = np.concatenate([seeds, np.repeat(seeds[-1:], pad, axis=0)])
     classes = np.concatenate([classes, np.repeat(classes[-1:], pad)]).astype(np.int32)
-    keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], pad, axis=0)])
     xs, cs = self._put(seeds, classes)
-    noise_keys, confidence_keys = _tagged(keys, _NOISE_TAG), _tagged(keys, _CONFIDENCE_TAG)
+    if pad:
+      padding = _padding_keys(2 * pad)
+      noise_keys = jnp.concatenate([noise_keys, padding[:pad]])
+      confidence_keys = jnp.concatenate([confidence_keys, padding[pad:]])
     if self.mesh is not None:
       sharding = parallel.data_sharding(self.mesh)
       noise_keys = jax.device_put(noise_keys, sharding)
@@ -495,9 +503,11 @@ def run_generate(o: Options) -> dict:
       with tqdm(total=len(todo), desc="generate", unit="image") as bar:
         for start in range(0, len(todo), generator.size):
           pairs = np.asarray(todo[start : start + generator.size], np.int64)
-          keys = _image_keys(o.seed, pairs[:, 0], pairs[:, 1])
-          seeds = seeds_of(_tagged(keys, _SEED_TAG), pairs[:, 0]).astype(np.float32)
-          images, confidence = generator(seeds, pairs[:, 0], keys)
+          seed_keys, noise_keys, confidence_keys = _split_keys(
+            _image_keys(o.seed, pairs[:, 0], pairs[:, 1])
+          )
+          seeds = seeds_of(seed_keys, pairs[:, 0]).astype(np.float32)
+          images, confidence = generator(seeds, pairs[:, 0], noise_keys, confidence_keys)
           arrays = {
             "images": images,
             "seeds": seeds,
