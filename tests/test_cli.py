@@ -531,3 +531,15 @@ def test_internal_errors_are_one_line_with_status_1_and_debug_shows_the_tracebac
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith(expected), err
     assert ("Traceback" in err) == (env == "1")
+
+
+def test_helpshort_lists_each_programs_own_flags():
+  for program, flag in (
+    ("train.py", "--workdir"),
+    ("certify.py", "--alpha"),
+    ("attack.py", "--eps"),
+    ("generate.py", "--per_class"),
+    ("compare.py", "--workdirs"),
+  ):
+    proc = run(program, "--helpshort", check=False)  # absl exits 1 after help
+    assert f"  {flag}:" in proc.stdout + proc.stderr, (program, proc.stdout[:500])

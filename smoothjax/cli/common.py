@@ -119,5 +119,17 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run_app(main: Callable[[list[str]], None]) -> None:
-  """``absl.app.run`` of ``main`` with one-line errors for bad flags and everything in main."""
+  """``absl.app.run`` of ``main`` with one-line errors for bad flags and everything in main.
+
+  The flags of ``main``'s module become key flags of the program, so that
+  ``--helpshort`` lists them (absl lists only those of the script it runs, here a
+  thin wrapper).
+  """
+  show_flags_of(main.__module__)
   app.run(run_main(main), flags_parser=parse_flags)
+
+
+def show_flags_of(module_name: str) -> None:
+  """Makes the flags that ``module_name`` defines key flags of the running script."""
+  for flag in flags.FLAGS.get_flags_for_module(module_name):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)

@@ -76,6 +76,7 @@ def main(argv):
 
 
 def run():
+  common.show_flags_of(__name__)
   app.run(common.run_main(main), flags_parser=parse_flags)
 
 
