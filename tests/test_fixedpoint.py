@@ -48,11 +48,9 @@ def finetune_config(source, **overrides):
   return config
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def make_runs(root):
   """A trained source run and a one-epoch fine-tuning of it."""
   global DATASET
-  root = tmp_path_factory.mktemp("fixedpoint")
   DATASET = small_digits(str(root / "digits"))
   source = str(root / "source")
   config = tiny_config(mode="standard", noise_sd=0.0, dataset=DATASET, num_epochs=3)
@@ -70,7 +68,7 @@ def distance(a, b):
   )
 
 
-def test_fine_tuning_starts_from_the_source_and_logs_the_objective(runs):
+def check_start_and_metrics(runs):
   source, tuned, last = runs
   assert 0 < last["train_fixed_point"] <= 4.0 + 1e-4  # ||x - psi||^2 <= eps^2 = 4
   assert last["train_cross_entropy"] > 0 and last["test_accuracy"] > 0.3
@@ -85,7 +83,7 @@ def test_fine_tuning_starts_from_the_source_and_logs_the_objective(runs):
   assert distance(after, before) > 0
 
 
-def test_killed_fine_tuning_resumes_to_the_same_parameters(runs, tmp_path, monkeypatch):
+def check_kill_and_resume(runs, tmp_path, monkeypatch):
   source, tuned, _ = runs
   resumed = str(tmp_path / "resumed")
   config = finetune_config(source, checkpoint_every_steps=3)
@@ -100,21 +98,26 @@ def test_killed_fine_tuning_resumes_to_the_same_parameters(runs, tmp_path, monke
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(
-  "init_from,overrides,message",
-  [
-    ("missing", {}, "missing"),
-    ("source", {"model": "cnn"}, "holds a run with model='cnn_tiny'"),
-    ("self", {}, "the workdir itself"),
-  ],
-)
-def test_bad_init_from_is_refused_before_writing(runs, tmp_path, init_from, overrides, message):
+def check_bad_init_from(runs, tmp_path):
   source, _, _ = runs
   workdir = str(tmp_path / "w")
-  path = {"missing": str(tmp_path / "missing"), "source": source, "self": workdir}[init_from]
-  with pytest.raises(InputError, match=message):
-    training.train_and_evaluate(finetune_config(path, **overrides), workdir)
-  assert not os.path.exists(workdir)
+  for path, overrides, message in (
+    (str(tmp_path / "missing"), {}, "missing"),
+    (source, {"model": "cnn"}, "holds a run with model='cnn_tiny'"),
+    (workdir, {}, "the workdir itself"),
+  ):
+    with pytest.raises(InputError, match=message):
+      training.train_and_evaluate(finetune_config(path, **overrides), workdir)
+    assert not os.path.exists(workdir)
+
+
+def test_fine_tuning_end_to_end(tmp_path_factory, monkeypatch):
+  """One test, so that the source and tuned runs are trained once whatever the xdist split."""
+  runs = make_runs(tmp_path_factory.mktemp("fixedpoint"))
+  check_start_and_metrics(runs)
+  check_restored(runs)
+  check_bad_init_from(runs, tmp_path_factory.mktemp("bad"))
+  check_kill_and_resume(runs, tmp_path_factory.mktemp("resume"), monkeypatch)
 
 
 def test_fixed_point_needs_noise_only_with_samples():
@@ -127,7 +130,7 @@ def test_fixed_point_needs_noise_only_with_samples():
     modes.build(config)
 
 
-def test_restored_fine_tuned_model_is_a_checkpoint_like_any_other(runs):
+def check_restored(runs):
   _, tuned, _ = runs
   model, config, _, meta = checkpointing.restore_model(tuned)
   assert config.mode == "fixedpoint" and meta["epoch"] == 1

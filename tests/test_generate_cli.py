@@ -16,17 +16,14 @@ pytestmark = pytest.mark.slow
 STEPS = ["--steps=4", "--eps=3.0"]
 
 
-@pytest.fixture(scope="module")
-def workdirs(tmp_path_factory):
-  root = tmp_path_factory.mktemp("generate")
+def make_workdirs(root):
   run_dir, judge = str(root / "run"), str(root / "judge")
   train_tiny(run_dir)  # Gaussian noise, sigma 0.25
   train_tiny(judge, "--config.seed=1", "--config.mode=standard", "--config.noise_sd=0.0")
   return root, run_dir, judge
 
 
-@pytest.fixture(scope="module")
-def generated(workdirs):
+def generate_first(workdirs):
   root, run_dir, judge = workdirs
   outdir = str(root / "out")
   proc = run(
@@ -48,7 +45,7 @@ def load(outdir):
     return {k: f[k] for k in f.files}
 
 
-def test_generate_writes_grid_images_and_a_judged_summary(generated, workdirs):
+def check_outputs(generated):
   outdir, proc = generated
   arrays = load(outdir)
   assert arrays["images"].shape == (6, 28, 28, 1) and arrays["seeds"].shape == (6, 28, 28, 1)
@@ -73,7 +70,7 @@ def test_generate_writes_grid_images_and_a_judged_summary(generated, workdirs):
   assert settings["noise"] == "gaussian:0.25" and settings["m"] == 4
 
 
-def test_rerun_resumes_and_an_image_does_not_depend_on_what_else_is_generated(generated, workdirs):
+def check_resume_and_independence(generated, workdirs):
   root, run_dir, judge = workdirs
   outdir, _ = generated
   first = load(outdir)
@@ -108,7 +105,7 @@ def test_rerun_resumes_and_an_image_does_not_depend_on_what_else_is_generated(ge
   np.testing.assert_allclose(load(alone)["images"], first["images"][3:], rtol=1e-5, atol=1e-5)
 
 
-def test_base_classifier_with_real_seeds_in_linf(workdirs):
+def check_real_seeds_in_linf(workdirs):
   from smoothjax.cli import generate
 
   root, run_dir, _ = workdirs
@@ -137,7 +134,7 @@ def test_base_classifier_with_real_seeds_in_linf(workdirs):
     assert np.any(np.all(np.isclose(test_images, seed), axis=(1, 2, 3)))
 
 
-def test_other_settings_in_the_same_outdir_are_refused(generated, workdirs):
+def check_other_settings_refused(generated, workdirs):
   _, run_dir, _ = workdirs
   outdir, _ = generated
   before = os.listdir(os.path.join(outdir, "parts"))
@@ -169,47 +166,53 @@ def other_dataset_judge(root, judge) -> str:
   return other
 
 
-@pytest.mark.parametrize(
-  "args,message",
-  [
-    (["--loss=hinge"], "unknown --loss 'hinge'"),
-    (["--judge=OTHER"], "a judge must classify the same dataset"),
-  ],
-)
-def test_bad_input_is_one_line_error_and_writes_nothing(workdirs, tmp_path, args, message):
-  root, run_dir, judge = workdirs
-  other = other_dataset_judge(root, judge)
-  args = [a.replace("OTHER", other) for a in args]
-  outdir = tmp_path / "out"
-  proc = run("generate.py", f"--workdir={run_dir}", f"--outdir={outdir}", *args, check=False)
-  assert_one_line_error(proc, message)
-  assert not outdir.exists()
+PROGRAM_ERRORS = [
+  (["--loss=hinge"], "unknown --loss 'hinge'"),
+  (["--judge=OTHER"], "a judge must classify the same dataset"),
+]
+OPTION_ERRORS = [
+  ({"classes": (3, 10)}, "class 10 is out of range"),
+  ({"seed_dist": "gan"}, "unknown --seed_dist"),
+  ({"per_class": 0}, "--per_class must be >= 1"),
+  ({"judge": "MISSING"}, "nowhere"),
+  ({"seed_factor": 3}, "must divide the image size 28x28"),
+  ({"norm": "l1"}, "unknown --norm"),
+  ({"m": 4, "sigma": -1.0}, "--sigma must be > 0"),
+  ({"judge": "SELF"}, "the generating run itself"),
+]
 
 
-@pytest.mark.parametrize(
-  "options,message",
-  [
-    ({"classes": (3, 10)}, "class 10 is out of range"),
-    ({"seed_dist": "gan"}, "unknown --seed_dist"),
-    ({"per_class": 0}, "--per_class must be >= 1"),
-    ({"judge": "MISSING"}, "nowhere"),
-    ({"seed_factor": 3}, "must divide the image size 28x28"),
-    ({"norm": "l1"}, "unknown --norm"),
-    ({"m": 4, "sigma": -1.0}, "--sigma must be > 0"),
-    ({"judge": "SELF"}, "the generating run itself"),
-  ],
-)
-def test_bad_options_are_refused_before_anything_is_written(workdirs, tmp_path, options, message):
+def check_bad_input(workdirs, tmp_path):
+  """One-line errors through the program, InputErrors in process; nothing written."""
   from smoothjax.cli import generate
   from smoothjax.errors import InputError
 
-  _, run_dir, _ = workdirs
+  root, run_dir, judge = workdirs
+  other = other_dataset_judge(root, judge)
+  outdir = tmp_path / "bad"
+  for args, message in PROGRAM_ERRORS:
+    args = [a.replace("OTHER", other) for a in args]
+    proc = run("generate.py", f"--workdir={run_dir}", f"--outdir={outdir}", *args, check=False)
+    assert_one_line_error(proc, message)
+    assert not outdir.exists()
   paths = {"MISSING": str(tmp_path / "nowhere"), "SELF": run_dir}
-  options = {k: paths.get(v, v) if isinstance(v, str) else v for k, v in options.items()}
-  outdir = tmp_path / "out"
-  with pytest.raises(InputError, match=message):
-    generate.run_generate(generate.Options(workdir=run_dir, outdir=str(outdir), **options))
-  assert not outdir.exists()
+  for options, message in OPTION_ERRORS:
+    options = {k: paths.get(v, v) if isinstance(v, str) else v for k, v in options.items()}
+    with pytest.raises(InputError, match=message):
+      generate.run_generate(generate.Options(workdir=run_dir, outdir=str(outdir), **options))
+    assert not outdir.exists()
+
+
+def test_generate_end_to_end(tmp_path_factory):
+  """One test, so that the trained runs are built once whatever the xdist split."""
+  root = tmp_path_factory.mktemp("generate")
+  workdirs = make_workdirs(root)
+  generated = generate_first(workdirs)
+  check_outputs(generated)
+  check_resume_and_independence(generated, workdirs)
+  check_real_seeds_in_linf(workdirs)
+  check_other_settings_refused(generated, workdirs)
+  check_bad_input(workdirs, tmp_path_factory.mktemp("bad"))
 
 
 def test_parse_classes():
