@@ -80,6 +80,14 @@ def _check_copies(logits, labels, what: str):
   return logits, labels
 
 
+def _check_labels(labels, count: int) -> jax.Array:
+  """``labels`` as an array, one per input of a batch of ``count``."""
+  labels = jnp.asarray(labels)
+  if labels.shape != (count,):
+    raise InputError(f"labels must have shape ({count},), one per input, got {tuple(labels.shape)}")
+  return labels
+
+
 def _pick(values, labels):
   """``values[b, labels[b]]`` for ``(B, K)`` values."""
   return jnp.take_along_axis(values, labels[:, None], axis=-1)[:, 0]
@@ -197,13 +205,8 @@ def smoothed_cross_entropy(logits_fn, x, labels, eps) -> jax.Array:
     eps = noise_batch(Gaussian(0.25), key, 4, x.shape)
     loss = smoothed_cross_entropy(logits_fn, x, y, eps).mean()
   """
-  labels = jnp.asarray(labels)
   log_g = smoothed_log_probs(logits_fn, x, eps)
-  if labels.shape != log_g.shape[:1]:
-    raise InputError(
-      f"labels must have shape ({log_g.shape[0]},), one per input, got {tuple(labels.shape)}"
-    )
-  return -_pick(log_g, labels)
+  return -_pick(log_g, _check_labels(labels, log_g.shape[0]))
 
 
 def mean_log_prob(logits_fn, x, labels, eps) -> jax.Array:
@@ -227,12 +230,8 @@ def mean_log_prob(logits_fn, x, labels, eps) -> jax.Array:
 
     score = mean_log_prob(logits_fn, x, target, noise_batch(Gaussian(0.5), key, 16, x.shape))
   """
-  labels = jnp.asarray(labels)
   log_p = _noisy_log_softmax(logits_fn, x, eps)
-  if labels.shape != log_p.shape[1:2]:
-    raise InputError(
-      f"labels must have shape ({log_p.shape[1]},), one per input, got {tuple(labels.shape)}"
-    )
+  labels = _check_labels(labels, log_p.shape[1])
   return jnp.mean(jnp.take_along_axis(log_p, labels[None, :, None], axis=-1)[..., 0], axis=0)
 
 
@@ -257,16 +256,12 @@ def smoothed_target_logit(logits_fn, x, labels, eps) -> jax.Array:
   """
   x = jnp.asarray(x)
   eps = jnp.asarray(eps)
-  labels = jnp.asarray(labels)
   if x.ndim < 1 or eps.ndim != x.ndim + 1 or eps.shape[1:] != x.shape:
     raise InputError(
       f"eps must hold m noise samples of the batch x, shape (m, *{tuple(x.shape)}), "
       f"got {tuple(eps.shape)}; draw it with noise_batch(noise, key, m, x.shape)"
     )
-  if labels.shape != x.shape[:1]:
-    raise InputError(
-      f"labels must have shape ({x.shape[0]},), one per input, got {tuple(labels.shape)}"
-    )
+  labels = _check_labels(labels, x.shape[0])
   m, b = eps.shape[:2]
   logits = logits_fn((x[None] + eps).reshape(m * b, *x.shape[1:])).reshape(m, b, -1)
   return _pick(jnp.mean(logits, axis=0), labels)

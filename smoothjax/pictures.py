@@ -164,10 +164,7 @@ def adversarial_examples(
     fig.suptitle(title, fontsize=10)
   fig.tight_layout()
   if path is not None:
-    parent = os.path.dirname(os.fspath(path))
-    if parent:
-      os.makedirs(parent, exist_ok=True)
-    fig.savefig(os.fspath(path), format="png")
+    _save(fig, path)
   return fig
 
 
@@ -246,11 +243,16 @@ def image_grid(
     hspace=0.05,
   )
   if path is not None:
-    parent = os.path.dirname(os.fspath(path))
-    if parent:
-      os.makedirs(parent, exist_ok=True)
-    fig.savefig(os.fspath(path), format="png")
+    _save(fig, path)
   return fig
+
+
+def _save(fig, path) -> None:
+  """Writes ``fig`` as a PNG at ``path``, creating missing parent folders."""
+  parent = os.path.dirname(os.fspath(path))
+  if parent:
+    os.makedirs(parent, exist_ok=True)
+  fig.savefig(os.fspath(path), format="png")
 
 
 def _show(ax, image: np.ndarray) -> None:

@@ -225,13 +225,20 @@ def _settings(o: Options, model, meta, config, noise_dist, factor) -> dict:
 # Seeds.
 
 
-def _class_gaussians(o: Options, dataset) -> generation.ClassGaussians:
-  """The class Gaussians of the training split, from the workdir's cache or fitted now."""
-  info = dataset.info
+def _seed_factor(o: Options, info) -> int | None:
+  """The class-Gaussian seeds' downsampling factor (None for other seeds), checked."""
+  if o.seed_dist != "class_gaussian":
+    return None
   h, w, _ = info.image_shape
   factor = generation.default_factor(h, w) if o.seed_factor is None else o.seed_factor
   if h % factor or w % factor:
     raise InputError(f"--seed_factor {factor} must divide the image size {h}x{w}")
+  return factor
+
+
+def _class_gaussians(o: Options, dataset, factor: int) -> generation.ClassGaussians:
+  """The class Gaussians of the training split, from the workdir's cache or fitted now."""
+  info = dataset.info
   split = dataset.split("train")
   path = os.path.join(o.workdir, "generation", f"class_gaussians_f{factor}.npz")
   if os.path.isfile(path):
@@ -259,14 +266,11 @@ def _class_gaussians(o: Options, dataset) -> generation.ClassGaussians:
 class _Seeds:
   """Seed images of (class, index) pairs, each from its own key."""
 
-  def __init__(self, o: Options, dataset):
+  def __init__(self, o: Options, dataset, factor: int | None):
     self.kind = o.seed_dist
     self.shape = tuple(dataset.info.image_shape)
-    self.factor = None
     if self.kind == "class_gaussian":
-      self.fit = _class_gaussians(o, dataset)
-      self.factor = self.fit.factor
-      self._draw = jax.jit(self.fit.seeds)
+      self._draw = jax.jit(_class_gaussians(o, dataset, factor).seeds)
     elif self.kind == "real":
       self.split = dataset.split("test")
     else:
@@ -322,7 +326,6 @@ class _Generator:
     self.run = jax.jit(
       lambda model, x, c, k: generation.generate(model, x, c, k if o.m else None, **settings)
     )
-    self.noise = noise_dist
 
     def confidence(model, x, c, keys):
       """The generating classifier's probability of the target: smoothed (soft) or plain."""
@@ -476,13 +479,7 @@ def run_generate(o: Options) -> dict:
   noise_dist = _noise(o, config, info)
   judge = _load_judge(o, config, info)
   dataset = data_lib.load(config.dataset, data_dir=config.get("data_dir") or None)
-  if o.seed_dist == "class_gaussian":
-    h, w, _ = info.image_shape
-    factor = o.seed_factor or generation.default_factor(h, w)
-    if h % factor or w % factor:
-      raise InputError(f"--seed_factor {factor} must divide the image size {h}x{w}")
-  else:
-    factor = None
+  factor = _seed_factor(o, info)
   settings = _settings(o, model, meta, config, noise_dist, factor)
 
   os.makedirs(o.outdir, exist_ok=True)
@@ -496,7 +493,7 @@ def run_generate(o: Options) -> dict:
     if len(todo) < len(wanted):
       print(f"resuming: {len(wanted) - len(todo)} of {len(wanted)} images already in {o.outdir}")
     if todo:
-      seeds_of = _Seeds(o, dataset)
+      seeds_of = _Seeds(o, dataset, factor)
       mesh = parallel.make_mesh() if jax.device_count() > 1 else None
       generator = _Generator(o, model, noise_dist, mesh)
       number = len(glob.glob(os.path.join(parts_dir, "part-*.npz")))
@@ -609,7 +606,7 @@ def options_from_flags() -> Options:
 def main(argv):
   if argv[1:]:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  options = check_options(options_from_flags())
+  options = options_from_flags()
   parallel.initialize_distributed()
   if jax.process_count() > 1:
     raise InputError("generate.py runs on one host (all its devices); start it without multi-host")
