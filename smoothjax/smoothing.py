@@ -70,14 +70,17 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax.numpy as jnp
 import numpy as np
 
-from smoothjax import stats
+from smoothjax import certificates, stats
+from smoothjax.certificates import ABSTAIN, Certificate
+from smoothjax.sequential import STOP_REASONS, certify_adaptive, certify_adaptive_batch
 from smoothjax.votes import (
+  ESTIMATION,
   IMAGE_RANGE,
+  PREDICTION,
+  SELECTION,
   check_inputs,
   check_keys,
   count_votes,
@@ -85,55 +88,6 @@ from smoothjax.votes import (
   sample_counts,
   sample_counts_batch,
 )
-
-ABSTAIN = -1
-
-# Phase tags folded into the caller's key (see the module docstring).
-_SELECTION, _ESTIMATION, _PREDICTION = 0, 1, 2
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Certificate:
-  """The outcome of CERTIFY for one input.
-
-  Attributes:
-    prediction: the certified class, or -1 (:data:`ABSTAIN`).
-    radius: certified radius in the noise's primary norm (l2 for Gaussian); 0
-      when abstaining.
-    p_lower: the lower confidence bound on the top class's probability.
-    top_class: the class selected from the selection votes, also when abstaining.
-    counts: votes per class of the ``n`` estimation samples (int64, ``(K,)``).
-    counts_selection: votes per class of the ``n0`` selection samples.
-    radii: certified radius in each norm of :data:`smoothjax.noise.NORMS` (l1, l2,
-      linf), directly or by conversion (see :func:`smoothjax.noise.convert_radius`).
-  """
-
-  prediction: int
-  radius: float
-  p_lower: float
-  top_class: int
-  counts: np.ndarray
-  counts_selection: np.ndarray
-  radii: dict[str, float]
-
-  @property
-  def abstained(self) -> bool:
-    return self.prediction == ABSTAIN
-
-  def __eq__(self, other):
-    if not isinstance(other, Certificate):
-      return NotImplemented
-    return (
-      self.prediction == other.prediction
-      and self.radius == other.radius
-      and self.p_lower == other.p_lower
-      and self.top_class == other.top_class
-      and np.array_equal(self.counts, other.counts)
-      and np.array_equal(self.counts_selection, other.counts_selection)
-      and self.radii == other.radii
-    )
-
-  __hash__ = None
 
 
 def certify_batch(
@@ -174,7 +128,7 @@ def _certify(logits_fn, xs, keys, *, noise, n0, n, alpha, batch_size, mesh):
   n0 = stats.check_count("n0", n0)
   n = stats.check_count("n", n)
   alpha = stats.check_alpha(alpha)
-  phase_keys = jnp.stack([fold(keys, _SELECTION), fold(keys, _ESTIMATION)])
+  phase_keys = jnp.stack([fold(keys, SELECTION), fold(keys, ESTIMATION)])
   selection, estimation = count_votes(
     logits_fn,
     xs,
@@ -186,29 +140,18 @@ def _certify(logits_fn, xs, keys, *, noise, n0, n, alpha, batch_size, mesh):
     num_classes=None,
     mesh=mesh,
   )
-  rows = np.arange(xs.shape[0])
   top = np.argmax(selection, axis=1)  # ties: lowest class index
-  p_lower = np.atleast_1d(stats.clopper_pearson_lower(estimation[rows, top], n, alpha))
-  # Cohen et al. abstain iff the bound is below 1/2; exactly 1/2 certifies radius 0.
-  abstain = p_lower < 0.5
-  dim = int(np.prod(xs.shape[1:]))
-  radii = {
-    norm: np.where(abstain, 0.0, np.atleast_1d(r))
-    for norm, r in noise.radii(p_lower, dim=dim).items()
-  }
-  primary = noise.norms[0]
-  return [
-    Certificate(
-      prediction=ABSTAIN if abstain[i] else int(top[i]),
-      radius=float(radii[primary][i]),
-      p_lower=float(p_lower[i]),
-      top_class=int(top[i]),
-      counts=estimation[i],
-      counts_selection=selection[i],
-      radii={norm: float(r[i]) for norm, r in radii.items()},
-    )
-    for i in rows
-  ]
+  p_lower = stats.clopper_pearson_lower(estimation[np.arange(len(top)), top], n, alpha)
+  return certificates.build(
+    noise=noise,
+    dim=int(np.prod(xs.shape[1:])),
+    top=top,
+    p_lower=p_lower,
+    selection=selection,
+    estimation=estimation,
+    samples=np.full(len(top), n),
+    stops=np.full(len(top), "fixed"),
+  )
 
 
 def certify(
@@ -287,7 +230,7 @@ def _predict(logits_fn, xs, keys, *, noise, n, alpha, batch_size, mesh):
   (counts,) = count_votes(
     logits_fn,
     xs,
-    fold(keys, _PREDICTION)[None],
+    fold(keys, PREDICTION)[None],
     noise=noise,
     nums=(n,),
     names=("n",),
@@ -343,8 +286,11 @@ def predict(logits_fn, x, key, *, noise, n, alpha, batch_size, value_range=IMAGE
 __all__ = [
   "ABSTAIN",
   "IMAGE_RANGE",
+  "STOP_REASONS",
   "Certificate",
   "certify",
+  "certify_adaptive",
+  "certify_adaptive_batch",
   "certify_batch",
   "predict",
   "predict_batch",

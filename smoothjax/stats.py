@@ -8,6 +8,12 @@ alpha) <= p``. It equals the lower end of the two-sided interval at level
 ``alpha / 2`` is over-conservative, and the two-sided interval at ``alpha``
 computed with ``2 * alpha`` would break the guarantee.
 
+Sequential CERTIFY (:mod:`smoothjax.sequential`) looks at its votes at the sample
+sizes of a schedule fixed in advance (:func:`look_schedule`) and bounds ``pA`` at look
+``j`` with the Clopper-Pearson bound at level ``alpha / J`` for ``J`` looks: by the union
+bound the ``J`` bounds hold together with probability at least ``1 - alpha``, so the
+bound at whichever look it stops at, chosen by any rule from the votes seen, holds too.
+
 PREDICT (Algorithm 2) uses the two-sided binomial test of ``n_a`` successes in
 ``n_a + n_b`` trials at ``p = 1/2``.
 
@@ -26,11 +32,12 @@ import scipy.stats
 from smoothjax.errors import InputError
 
 
-def check_alpha(alpha) -> float:
+def check_alpha(alpha, name: str = "alpha") -> float:
   """Validates a significance level: a number with ``0 < alpha < 1``.
 
   Args:
     alpha: the failure probability allowed to a bound or test.
+    name: the setting's name, used in the error message.
 
   Returns:
     ``alpha`` as a float.
@@ -41,7 +48,7 @@ def check_alpha(alpha) -> float:
     or not math.isfinite(alpha)
     or not 0 < alpha < 1
   ):
-    raise InputError(f"alpha must be a number in (0, 1), got {alpha!r}; e.g. alpha=0.001")
+    raise InputError(f"{name} must be a number in (0, 1), got {alpha!r}; e.g. {name}=0.001")
   return float(alpha)
 
 
@@ -58,6 +65,39 @@ def check_count(name: str, n) -> int:
   if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
     raise InputError(f"{name} must be an integer >= 1, got {n!r}")
   return int(n)
+
+
+def look_schedule(n_max, *, first: int = 100, growth: float = 1.25) -> tuple[int, ...]:
+  """The sample sizes at which sequential CERTIFY looks at its votes.
+
+  ``first``, then each size ``growth`` times the last (rounded up), the last one being
+  ``n_max``; a size within 10% of ``n_max`` merges into it. The schedule depends on the
+  settings alone, never on the votes, which is what lets a union bound over its looks
+  hold at any stopping time (module docstring).
+
+  Args:
+    n_max: the largest number of samples, the last look.
+    first: the first look (at most ``n_max``).
+    growth: the ratio of consecutive looks, > 1.
+
+  Returns:
+    Increasing sample sizes ending at ``n_max``.
+  """
+  n_max = check_count("n_max", n_max)
+  first = check_count("first", first)
+  if (
+    isinstance(growth, bool)
+    or not isinstance(growth, numbers.Real)
+    or not math.isfinite(growth)
+    or not growth > 1
+  ):
+    raise InputError(f"growth must be a number > 1, got {growth!r}; e.g. growth=1.5")
+  sizes = []
+  size = min(first, n_max)
+  while size < n_max / 1.1:
+    sizes.append(size)
+    size = max(size + 1, math.ceil(size * growth))
+  return (*sizes, n_max)
 
 
 def _counts(k, n):

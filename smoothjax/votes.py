@@ -33,6 +33,9 @@ _INT32_MAX = 2**31 - 1
 # noise.MAX_SCALE) is added.
 _MAX_INPUT = float(np.finfo(np.float32).max) / 2
 IMAGE_RANGE = (0.0, 1.0)
+# Tags folded into an input's key for each phase: CERTIFY's selection and estimation
+# samples, PREDICT's samples (see smoothjax.smoothing).
+SELECTION, ESTIMATION, PREDICTION = 0, 1, 2
 
 
 # --------------------------------------------------------------------------
@@ -94,6 +97,67 @@ def _count_votes(fn_static, fn_dynamic, xs, keys, *, noise, nums, batch_size, nu
 _count_votes_jit = jax.jit(
   _count_votes,
   static_argnames=("fn_static", "noise", "nums", "batch_size", "num_classes", "mesh"),
+)
+
+
+def _count_rows(
+  fn_static,
+  fn_dynamic,
+  xs,
+  keys,
+  rows,
+  num_rows,
+  start,
+  num,
+  *,
+  noise,
+  batch_size,
+  num_classes,
+  mesh,
+):
+  """Votes ``(B, K + 1)`` of samples ``start .. start + num - 1`` of inputs ``rows[:num_rows]``.
+
+  Everything but the shapes is dynamic (the rows, their number, the sample range, and so
+  the number of chunks), so the rounds of sequential CERTIFY reuse one computation per
+  chunk size. The triples (row, sample) are enumerated sample-major and processed
+  ``batch_size`` at a time; the noise of sample ``s`` of input ``b`` depends only on
+  ``keys[b]`` and ``s``. Inputs not in ``rows[:num_rows]`` get zero counts.
+  """
+  fn = fn_dynamic if fn_static is None else fn_static
+  num_inputs = xs.shape[0]
+  input_shape = xs.shape[1:]
+  num_classes = _num_classes(fn, input_shape, num_classes)
+  bins = num_classes + 1
+  total = num_rows * num
+  num_chunks = (total + batch_size - 1) // batch_size
+  chunk_sharding = None if mesh is None else NamedSharding(mesh, P(DATA_AXIS))
+
+  def constrain(a):
+    return a if chunk_sharding is None else jax.lax.with_sharding_constraint(a, chunk_sharding)
+
+  def draw(key, s):
+    return noise.sample(jax.random.fold_in(key, s), input_shape, jnp.float32)
+
+  def body(chunk, counts):
+    t = constrain(chunk * batch_size + jnp.arange(batch_size, dtype=jnp.int32))
+    b = rows[t % num_rows]
+    s = start + t // num_rows
+    eps = jax.vmap(draw)(keys[b], s)
+    logits = fn(constrain(xs[b] + eps))
+    finite = jnp.all(jnp.isfinite(logits), axis=-1)
+    votes = jnp.where(finite, jnp.argmax(logits, axis=-1), num_classes).astype(jnp.int32)
+    return counts.at[b * bins + votes].add((t < total).astype(jnp.int32))
+
+  counts = jnp.zeros(num_inputs * bins, jnp.int32)
+  counts = jax.lax.fori_loop(0, num_chunks, body, counts)
+  counts = counts.reshape(num_inputs, bins)
+  if mesh is not None:
+    counts = jax.lax.with_sharding_constraint(counts, NamedSharding(mesh, P()))
+  return counts
+
+
+_count_rows_jit = jax.jit(
+  _count_rows, static_argnames=("fn_static", "noise", "batch_size", "num_classes", "mesh")
 )
 
 
@@ -249,9 +313,7 @@ def count_votes(logits_fn, xs, phase_keys, *, noise, nums, names, batch_size, nu
   # A chunk larger than the whole job would only compute padding.
   batch_size = min(batch_size, total)
   if mesh is not None:
-    if not isinstance(mesh, Mesh) or DATA_AXIS not in mesh.axis_names:
-      raise InputError(f"mesh must be a jax Mesh with a {DATA_AXIS!r} axis (parallel.make_mesh)")
-    shards = mesh.shape[DATA_AXIS]
+    shards = _check_mesh(mesh)
     batch_size = -(-batch_size // shards) * shards
   _check_size(xs.shape[0], nums, names, batch_size)
   fn_static, fn_dynamic = _split_fn(logits_fn)
@@ -278,6 +340,78 @@ def count_votes(logits_fn, xs, phase_keys, *, noise, nums, names, batch_size, nu
   counts = np.asarray(counts).astype(np.int64)
   _check_finite_logits(counts[..., -1].sum(axis=0), xs.shape[0])
   return counts[..., :-1]
+
+
+def _check_mesh(mesh) -> int:
+  """The size of the mesh's ``data`` axis (1 without a mesh)."""
+  if mesh is None:
+    return 1
+  if not isinstance(mesh, Mesh) or DATA_AXIS not in mesh.axis_names:
+    raise InputError(f"mesh must be a jax Mesh with a {DATA_AXIS!r} axis (parallel.make_mesh)")
+  return mesh.shape[DATA_AXIS]
+
+
+class RowCounter:
+  """Counts votes of chosen inputs over chosen sample ranges, in rounds.
+
+  Sequential CERTIFY counts, round after round, the next samples of the inputs still
+  running. The inputs, keys and model go to the device once; each call counts samples
+  ``start .. start + num - 1`` of the inputs ``rows`` with one computation per chunk
+  size (a power of two up to ``batch_size``, so that a small round does not compute a
+  whole chunk of padding), and returns host int64 counts ``(B, K)``, zero outside
+  ``rows``. Sample ``s`` of input ``i`` with ``keys[i]`` is the one :func:`sample_counts`
+  draws, so the counts do not depend on the rounds, the chunking or the devices.
+  """
+
+  def __init__(self, logits_fn, xs, *, noise, batch_size, num_classes, mesh, nums, names):
+    if not isinstance(noise, Noise):
+      raise InputError(f"noise must be a smoothjax.noise.Noise, got {type(noise).__name__}")
+    self._noise = noise.bind(math.prod(xs.shape[1:]))
+    self._batch_size = stats.check_count("batch_size", batch_size)
+    self._num_classes = (
+      None if num_classes is None else stats.check_count("num_classes", num_classes)
+    )
+    self._shards = _check_mesh(mesh)
+    self._mesh = mesh
+    batch = -(-self._batch_size // self._shards) * self._shards
+    for num, name in zip(nums, names, strict=True):
+      _check_size(xs.shape[0], (num,), (name,), batch)
+    self._fn_static, fn_dynamic = _split_fn(logits_fn)
+    self._num_inputs = xs.shape[0]
+    xs = jnp.asarray(xs, jnp.float32)
+    if mesh is not None:
+      xs, fn_dynamic = jax.device_put((xs, fn_dynamic), NamedSharding(mesh, P()))
+    self._xs, self._fn_dynamic = xs, fn_dynamic
+
+  def _chunk(self, total: int) -> int:
+    chunk = min(self._batch_size, 1 << max(0, (total - 1).bit_length()))
+    return -(-chunk // self._shards) * self._shards
+
+  def __call__(self, keys, rows: np.ndarray, start: int, num: int) -> np.ndarray:
+    rows = np.asarray(rows, np.int32)
+    padded = np.zeros(self._num_inputs, np.int32)
+    padded[: len(rows)] = rows
+    args = (keys, jnp.asarray(padded))
+    if self._mesh is not None:
+      args = jax.device_put(args, NamedSharding(self._mesh, P()))
+    counts = _count_rows_jit(
+      self._fn_static,
+      self._fn_dynamic,
+      self._xs,
+      *args,
+      np.int32(len(rows)),
+      np.int32(start),
+      np.int32(num),
+      noise=self._noise,
+      batch_size=self._chunk(len(rows) * num),
+      num_classes=self._num_classes,
+      mesh=self._mesh,
+    )
+    if not counts.is_fully_addressable:
+      counts = counts.addressable_data(0)
+    counts = np.asarray(counts).astype(np.int64)
+    _check_finite_logits(counts[:, -1], self._num_inputs)
+    return counts[:, :-1]
 
 
 def fold(keys, tag: int):
@@ -380,6 +514,7 @@ def sample_counts_batch(
 
 __all__ = [
   "IMAGE_RANGE",
+  "RowCounter",
   "check_inputs",
   "check_keys",
   "count_votes",
