@@ -195,7 +195,9 @@ def decide(k, look: int, *, looks, level: float, noise, dim, goal: Goal, futilit
       above = np.searchsorted(grid, radius, side="right")  # the next grid radius > radius
       mark(reach < grid[np.minimum(above, len(grid) - 1)], "out_of_reach")
     if goal.tolerance is not None:
-      mark((radius > -np.inf) & (reach - radius <= goal.tolerance), "tolerance")
+      certified = radius > -np.inf
+      gain = np.where(certified, reach - np.where(certified, radius, 0.0), np.inf)
+      mark(certified & (gain <= goal.tolerance), "tolerance")
   else:
     mark(np.ones(len(k), bool), "n_max")
   return stop, p_lower
@@ -223,7 +225,7 @@ def unanimous_samples(radius: float, level: float, noise, dim) -> int | None:
   return high
 
 
-def plan(n_max, *, alpha, noise, dim, goal: Goal, first: int = 100, growth: float = 1.5):
+def plan(n_max, *, alpha, noise, dim, goal: Goal, first: int = 100, growth: float = 1.25):
   """The looks and the level of their bounds (see the module docstring).
 
   The geometric looks of :func:`smoothjax.stats.look_schedule`, plus, with a target

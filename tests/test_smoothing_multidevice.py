@@ -1,4 +1,7 @@
-"""Certification sharded over 8 fake CPU devices equals the single-device result."""
+"""Certification sharded over 8 fake CPU devices equals the single-device result.
+
+Fixed-n and sequential CERTIFY, PREDICT and vote counts.
+"""
 
 from __future__ import annotations
 
@@ -80,6 +83,21 @@ try:
   raise AssertionError("NaN logits were voted")
 except InputError as e:
   assert "input(s) 2 of this call's 4" in str(e), e
+
+# Sequential CERTIFY: the same certificates and sample counts on 8 devices, whatever the
+# batch size, and for each input alone.
+adaptive = dict(noise=NOISE, n0=13, n_max=3000, alpha=0.01, radii=(0.0, 0.1, 0.3), first=20)
+seq_ref = smoothing.certify_adaptive_batch(logits_fn, xs, keys, batch_size=64, **adaptive)
+SHARDINGS.clear()
+seq_eight = smoothing.certify_adaptive_batch(
+    logits_fn, xs, keys, batch_size=24, mesh=mesh, **adaptive
+)
+assert SHARDINGS and all(s.num_devices == 8 and not s.is_fully_replicated for s in SHARDINGS)
+for i, (a, b) in enumerate(zip(seq_ref, seq_eight, strict=True)):
+  alone = smoothing.certify_adaptive(logits_fn, xs[i], keys[i], batch_size=7, **adaptive)
+  assert a == b == alone, (a, b, alone)
+assert len({c.samples for c in seq_ref}) > 1, [c.samples for c in seq_ref]
+print("SEQUENTIAL", [(c.samples, c.stop) for c in seq_ref])
 
 print("COUNTS", [c.counts.tolist() for c in eight])
 print("MULTIDEVICE_MATCH ok")
