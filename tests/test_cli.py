@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, assert_one_line_error, run, run_python, train_tiny
 
-from smoothjax import results
+from smoothjax import results, smoothing
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,48 @@ def test_certify_on_8_devices_writes_the_same_file(workdir, tmp_path):
   run("certify.py", f"--outfile={eight}", *args, devices=8)
   assert certify_rows(one) == certify_rows(eight)
   assert len(certify_rows(one)) == 5
+
+
+def test_certify_adaptive_resumes_matches_on_8_devices_and_reports_savings(workdir, tmp_path):
+  full, part, eight = tmp_path / "full.tsv", tmp_path / "part.tsv", tmp_path / "eight.tsv"
+  args = (
+    f"--workdir={workdir}",
+    "--n0=20",
+    "--n_max=3000",
+    "--alpha=0.01",
+    "--batch=128",
+    "--skip=97",
+    "--adaptive",
+    "--radii=0,0.25,0.5",
+    "--first_look=50",
+  )
+  out = run("certify.py", f"--outfile={full}", *args, "--count=6", "--inputs_per_step=4")
+  assert "fixed-n CERTIFY with n = n_max = 3,000" in out.stdout, out.stdout
+  assert "x fewer" in out.stdout and "stopped: " in out.stdout
+  assert "n_max=3000)" in out.stdout  # the table names the budget
+  res = results.read_results(full)
+  samples, count = res.extra["samples"], res.extra["count"]
+  assert np.all((samples >= 50) & (samples <= 3000)) and np.all(count <= samples)
+  np.testing.assert_array_equal(res.extra["n"], 3000)
+  assert set(res.extra["stop"]) <= set(smoothing.STOP_REASONS)
+  spent = int(samples.sum()) + 20 * 6
+  assert f"forward passes: {spent:,} on 6 inputs" in out.stdout
+  settings = results.read_settings(full)
+  assert settings["mode"] == "certify_adaptive" and settings["radii"] == [0.0, 0.25, 0.5]
+  run("certify.py", f"--outfile={part}", *args, "--count=3")
+  out = run("certify.py", f"--outfile={part}", *args, "--count=6", "--inputs_per_step=2")
+  assert "resuming: 3 of 6" in out.stdout
+  assert certify_rows(part) == certify_rows(full)
+  run("certify.py", f"--outfile={eight}", *args, "--count=6", "--inputs_per_step=3", devices=8)
+  assert certify_rows(eight) == certify_rows(full)
+  # Other goals, or fixed-n CERTIFY, never append to the file.
+  other = [a if a != "--radii=0,0.25,0.5" else "--radii=0,0.5" for a in args]
+  before = full.read_bytes()
+  assert_one_line_error(run("certify.py", f"--outfile={full}", *other, check=False), "radii")
+  fixed = [a for a in args if not a.startswith(("--adaptive", "--radii", "--first", "--n_max"))]
+  proc = run("certify.py", f"--outfile={full}", *fixed, "--n=3000", check=False)
+  assert_one_line_error(proc, "has columns")
+  assert full.read_bytes() == before
 
 
 def test_certify_refuses_to_mix_settings(workdir, tmp_path):
@@ -267,7 +309,7 @@ def test_disk_full_during_certify_is_one_line_and_rerunning_resumes(workdir, tmp
   out = tmp_path / "full.tsv"
   full_disk = """
     import errno
-    from smoothjax import results
+    from smoothjax import results, smoothing
     _append = results.ResultWriter._append
     calls = []
     def append(self, text):
@@ -400,6 +442,18 @@ BAD_INPUTS = [
   ("bad-integer", _CERTIFY, ["--n=abc"], "flag --n=abc"),
   ("stray-argument", _CERTIFY, ["stray"], "unexpected arguments"),
   ("noise-sd-negative", _CERTIFY, ["--workdir={negative_sd}"], "noise_sd"),
+  # certify.py --adaptive
+  ("seq-flag-alone", _CERTIFY, ["--radii=0,0.5"], "--radii is a setting of sequential CERT"),
+  ("seq-predict", _CERTIFY, ["--adaptive", "--predict", "--radii=0"], "a mode of CERTIFY"),
+  ("seq-no-goal", _CERTIFY, ["--adaptive"], "--adaptive needs a goal to stop at"),
+  ("seq-two-goals", _CERTIFY, ["--adaptive", "--radii=0", "--target_radius=1"], "pass one of"),
+  ("seq-radii-text", _CERTIFY, ["--adaptive", "--radii=a,b"], "--radii must be numbers"),
+  ("seq-radius-negative", _CERTIFY, ["--adaptive", "--target_radius=-1"], "finite numbers >= 0"),
+  ("seq-tolerance-nan", _CERTIFY, ["--adaptive", "--tolerance=nan"], "--tolerance must be"),
+  ("seq-n-and-n-max", _CERTIFY, ["--adaptive", "--radii=0", "--n_max=99"], "drop --n"),
+  ("seq-growth", _CERTIFY, ["--adaptive", "--radii=0", "--growth=1"], "--growth must be"),
+  ("seq-futility", _CERTIFY, ["--adaptive", "--radii=0", "--futility=0"], "--futility must be"),
+  ("seq-first-look", _CERTIFY, ["--adaptive", "--radii=0", "--first_look=0"], "--first_look"),
   # certify.py analyze FILE...
   ("analyze-nothing", _CERTIFY, ["analyze"], "analyze needs one or more result files"),
   ("analyze-missing", _CERTIFY, ["analyze", "{case}/none.tsv"], "does not exist"),
@@ -415,6 +469,7 @@ BAD_INPUTS = [
   ("analyze-max-radius", _CERTIFY, ["analyze", "{fx}/good.tsv", "--max_radius=0"], "--max_radius"),
   ("analyze-format", _CERTIFY, ["analyze", "{fx}/good.tsv", "--format=html"], "--format=html"),
   ("analyze-certify-flag", _CERTIFY, ["analyze", "{fx}/good.tsv", "--n=5"], "--n has no effect"),
+  ("analyze-adaptive", _CERTIFY, ["analyze", "{fx}/good.tsv", "--adaptive"], "--adaptive has no"),
   # demo.py
   ("demo-outdir-file", "demo", ["--outdir={fx}/file.txt"], "is a file, not a folder"),
   ("demo-outdir-under-file", "demo", ["--outdir={fx}/file.txt/d"], "is a file, not a folder"),

@@ -12,6 +12,16 @@ Options keep the names and meanings of Cohen et al.'s ``certify.py``: ``--skip
 20 --max 400`` certifies the inputs 0, 20, ..., 380 (``--max`` bounds the
 dataset index); ``--count N`` certifies at most N of the selected inputs.
 
+Sequential CERTIFY (``smoothing.certify_adaptive``) spends on each input only the
+samples it needs, with the same guarantee; the TSV gains ``samples`` (estimation samples
+spent) and ``stop`` (why it stopped) columns, and ``n`` holds ``n_max``::
+
+  python certify.py --workdir workdirs/demo --outfile results/seq.tsv --adaptive \
+      --radii 0,0.25,0.5,0.75 --n_max 100000 --alpha 0.001
+
+``--target_radius R`` asks only "certified at R?", ``--tolerance T`` stops an input once
+``n_max`` samples could raise its radius by at most T.
+
 Predict mode (Algorithm 2) writes ``idx label predict correct time input_hash``::
 
   python certify.py --workdir workdirs/demo --outfile results/pred.tsv --predict --n 1000
@@ -28,6 +38,7 @@ rerun resumes only onto rows of the same model, data and settings.
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import sys
@@ -70,6 +81,26 @@ _SIGMA = flags.DEFINE_float("sigma", None, "Noise level (sigma); default: the tr
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the certification noise.")
 _EPOCH = flags.DEFINE_integer("epoch", None, "Checkpoint epoch (default: latest).")
 _PREDICT = flags.DEFINE_boolean("predict", False, "Run PREDICT instead of CERTIFY.")
+_ADAPTIVE = flags.DEFINE_boolean(
+  "adaptive", False, "Sequential CERTIFY: stop each input once it has what is asked of it."
+)
+_N_MAX = flags.DEFINE_integer(
+  "n_max", None, "With --adaptive: the most estimation samples per input (default: --n)."
+)
+_RADII = flags.DEFINE_list(
+  "radii", None, "With --adaptive: the radii certified accuracy will be read at, e.g. 0,0.5,1."
+)
+_TARGET = flags.DEFINE_float(
+  "target_radius", None, "With --adaptive: the one radius asked about (not with --radii)."
+)
+_TOLERANCE = flags.DEFINE_float(
+  "tolerance", None, "With --adaptive: stop once n_max samples could add at most this radius."
+)
+_FUTILITY = flags.DEFINE_float(
+  "futility", 0.01, "With --adaptive: level of the upper bound that calls a goal out of reach."
+)
+_GROWTH = flags.DEFINE_float("growth", 1.25, "With --adaptive: ratio of consecutive looks.")
+_FIRST_LOOK = flags.DEFINE_integer("first_look", 100, "With --adaptive: samples at the first look.")
 _PLOT = flags.DEFINE_string("plot", None, "PNG path for the plot (default: OUTFILE.png).")
 _FORMAT = flags.DEFINE_enum("format", "markdown", ["markdown", "latex", "tsv"], "Table format.")
 _MAX_RADIUS = flags.DEFINE_float("max_radius", None, "Largest radius in table and plot.")
@@ -84,6 +115,15 @@ _NORM = flags.DEFINE_enum(
 # Forward passes that one vote-counting call can index (smoothing counts them in int32).
 _MAX_PASSES_PER_CALL = 2**31 - 1
 
+_ADAPTIVE_ONLY = (
+  "n_max",
+  "radii",
+  "target_radius",
+  "tolerance",
+  "futility",
+  "growth",
+  "first_look",
+)
 _CERTIFY_ONLY = (
   "workdir",
   "outfile",
@@ -101,6 +141,8 @@ _CERTIFY_ONLY = (
   "seed",
   "epoch",
   "predict",
+  "adaptive",
+  *_ADAPTIVE_ONLY,
 )
 _REPORT_ONLY = ("plot", "format", "max_radius", "norm")
 
@@ -129,6 +171,7 @@ def _check_certify_flags(num_devices: int) -> None:
         raise InputError(f"--{name} has no effect with --predict ({what}); drop it")
   if _N0.value < 1 or _N.value < 1:
     raise InputError(f"--n0 and --n must be >= 1, got n0={_N0.value}, n={_N.value}")
+  _check_adaptive_flags()
   if not 0 < _ALPHA.value < 1:
     raise InputError(f"--alpha must be in (0, 1), got {_ALPHA.value}")
   if _BATCH.value < 1:
@@ -152,7 +195,7 @@ def _check_certify_flags(num_devices: int) -> None:
   if _EPOCH.value is not None and _EPOCH.value < 0:
     raise InputError(f"--epoch must be >= 0, got {_EPOCH.value}")
   # One vote-counting call takes inputs_per_step inputs of n0 + n samples each, padded by a batch.
-  samples = _N.value if predict else _N0.value + _N.value
+  samples = _N.value if predict else _N0.value + _n()
   per_call = _INPUTS.value * samples
   batch = -(-min(_BATCH.value, per_call) // num_devices) * num_devices
   if per_call + batch > _MAX_PASSES_PER_CALL:
@@ -179,6 +222,60 @@ def _check_certify_flags(num_devices: int) -> None:
     plot = results.check_output_path(_plot_path(), "--plot")
     if os.path.abspath(plot) == os.path.abspath(outfile):
       raise InputError("--plot names the --outfile; choose another path for the plot")
+
+
+def _check_adaptive_flags() -> None:
+  """The sequential CERTIFY flags: only with --adaptive, and a goal to stop at."""
+  if not _ADAPTIVE.value:
+    for name in _ADAPTIVE_ONLY:
+      if _present(name):
+        raise InputError(f"--{name} is a setting of sequential CERTIFY; add --adaptive or drop it")
+    return
+  if _PREDICT.value:
+    raise InputError("--adaptive is a mode of CERTIFY, not of --predict; drop one of them")
+  if _present("n") and _present("n_max"):
+    raise InputError("--adaptive takes its sample budget from --n_max (default --n); drop --n")
+  if _n() < 1:
+    raise InputError(f"--n_max must be >= 1, got {_n()}")
+  radii = _radii()
+  if radii is not None and _TARGET.value is not None:
+    raise InputError("--radii and --target_radius both name where to stop; pass one of them")
+  if radii is None and _TARGET.value is None and _TOLERANCE.value is None:
+    raise InputError(
+      "--adaptive needs a goal to stop at: --radii 0,0.25,0.5, --target_radius R or --tolerance T"
+    )
+  values = [("--radii", r) for r in radii or ()]
+  values += [("--target_radius", _TARGET.value), ("--tolerance", _TOLERANCE.value)]
+  for name, value in values:
+    if value is not None and not (math.isfinite(value) and value >= 0):
+      raise InputError(f"{name} must be finite numbers >= 0, got {value}")
+  if not 0 < _FUTILITY.value < 1:
+    raise InputError(f"--futility must be in (0, 1), got {_FUTILITY.value}")
+  if not (math.isfinite(_GROWTH.value) and _GROWTH.value > 1):
+    raise InputError(f"--growth must be a number > 1, got {_GROWTH.value}")
+  if _FIRST_LOOK.value < 1:
+    raise InputError(f"--first_look must be >= 1, got {_FIRST_LOOK.value}")
+
+
+def _radii() -> list[float] | None:
+  if _RADII.value is None:
+    return None
+  try:
+    radii = [float(r) for r in _RADII.value]
+  except ValueError:
+    raise InputError(
+      f"--radii must be numbers, got {','.join(_RADII.value)}; e.g. --radii 0,0.25,0.5"
+    ) from None
+  if not radii:
+    raise InputError("--radii is empty; e.g. --radii 0,0.25,0.5")
+  return radii
+
+
+def _n() -> int:
+  """The estimation samples per input: --n, or --n_max for sequential CERTIFY."""
+  if _ADAPTIVE.value and _N_MAX.value is not None:
+    return _N_MAX.value
+  return _N.value
 
 
 def _plot_path() -> str:
@@ -255,6 +352,7 @@ def certify_main():
       "count",
       "n",
       *results.RADIUS_COLUMNS.values(),
+      *(("samples", "stop") if _ADAPTIVE.value else ()),
       results.INPUT_HASH_COLUMN,
     )
   )
@@ -269,12 +367,22 @@ def certify_main():
     "noise": noise_dist.spec,
     "noise_norm": noise_dist.norm,
     "noise_scale": noise_dist.std,
-    "n": _N.value,
+    "n": _n(),
     "alpha": _ALPHA.value,
     "seed": _SEED.value,
   }
   if not predict_mode:
     settings["n0"] = _N0.value
+  if _ADAPTIVE.value:
+    settings.update(
+      mode="certify_adaptive",
+      radii=_radii(),
+      target_radius=_TARGET.value,
+      tolerance=_TOLERANCE.value,
+      futility=_FUTILITY.value,
+      growth=_GROWTH.value,
+      first_look=_FIRST_LOOK.value,
+    )
   hints = {
     "model_fingerprint": (
       f"the checkpoint in {_WORKDIR.value} holds other parameters than the model certified "
@@ -283,6 +391,7 @@ def certify_main():
     "dataset": "the workdir's config names another dataset",
     "noise": "the noise (--noise and --sigma, default the training noise) differs",
     "noise_scale": "the noise level (--sigma, default the training noise_sd) differs",
+    "mode": "one file holds the certificates of one mode (--predict, --adaptive)",
   }
   parent = os.path.dirname(outfile)
   if parent:
@@ -296,7 +405,22 @@ def certify_main():
       accuracy, abstain = np.mean(res.correct), np.mean(res.predict < 0)
       print(f"accuracy {accuracy:.4f}, abstain {abstain:.4f} on {len(res.idx)} inputs")
       return
+    if _ADAPTIVE.value:
+      _report_samples(results.read_results(outfile))
     _report([outfile], _plot_path())
+
+
+def _report_samples(res) -> None:
+  """Forward passes sequential CERTIFY spent against fixed-n CERTIFY with n = n_max."""
+  spent = int(np.sum(res.extra["samples"])) + _N0.value * len(res.idx)
+  fixed = (_N0.value + _n()) * len(res.idx)
+  stops = collections.Counter(res.extra["stop"])
+  print(
+    f"forward passes: {spent:,} on {len(res.idx)} inputs ({spent / len(res.idx):,.0f} each), "
+    f"against {fixed:,} for fixed-n CERTIFY with n = n_max = {_n():,}: "
+    f"{fixed / spent:.1f}x fewer"
+  )
+  print("stopped: " + ", ".join(f"{reason} {count}" for reason, count in stops.most_common()))
 
 
 def _run(model, split, indices, writer, noise_dist, predict_mode) -> None:
@@ -309,9 +433,7 @@ def _run(model, split, indices, writer, noise_dist, predict_mode) -> None:
   mesh = parallel.make_mesh() if jax.device_count() > 1 else None
   base_key = jax.random.key(_SEED.value)
   group = _INPUTS.value
-  common = dict(
-    noise=noise_dist, n=_N.value, alpha=_ALPHA.value, batch_size=_BATCH.value, mesh=mesh
-  )
+  common = dict(noise=noise_dist, alpha=_ALPHA.value, batch_size=_BATCH.value, mesh=mesh)
   with tqdm(total=len(todo), desc="predict" if predict_mode else "certify", unit="input") as bar:
     for start in range(0, len(todo), group):
       idx = todo[start : start + group]
@@ -320,10 +442,28 @@ def _run(model, split, indices, writer, noise_dist, predict_mode) -> None:
       keys = jax.vmap(jax.random.fold_in, (None, 0))(base_key, idx.astype(np.uint32))
       t0 = time.time()
       if predict_mode:
-        preds = smoothing.predict_batch(logits_fn, images, keys, **common)
+        preds = smoothing.predict_batch(logits_fn, images, keys, n=_N.value, **common)
         outs = [{"predict": int(p)} for p in preds]
       else:
-        certs = smoothing.certify_batch(logits_fn, images, keys, n0=_N0.value, **common)
+        if _ADAPTIVE.value:
+          certs = smoothing.certify_adaptive_batch(
+            logits_fn,
+            images,
+            keys,
+            n0=_N0.value,
+            n_max=_n(),
+            radii=_radii(),
+            target_radius=_TARGET.value,
+            tolerance=_TOLERANCE.value,
+            futility=_FUTILITY.value,
+            growth=_GROWTH.value,
+            first=_FIRST_LOOK.value,
+            **common,
+          )
+        else:
+          certs = smoothing.certify_batch(
+            logits_fn, images, keys, n0=_N0.value, n=_N.value, **common
+          )
         outs = [
           {
             "predict": c.prediction,
@@ -331,8 +471,9 @@ def _run(model, split, indices, writer, noise_dist, predict_mode) -> None:
             "p_lower": c.p_lower,
             # The votes of the class that p_lower bounds, abstention or not.
             "count": int(c.counts[c.top_class]),
-            "n": _N.value,
+            "n": _n(),
             **{column: c.radii[norm] for norm, column in results.RADIUS_COLUMNS.items()},
+            **({"samples": c.samples, "stop": c.stop} if _ADAPTIVE.value else {}),
           }
           for c in certs
         ]
@@ -366,7 +507,8 @@ def _run_names(paths, settings):
     spec = s.get("noise", "gaussian")
     if isinstance(scale, int | float) and isinstance(s.get("n"), int):
       noise_name = spec if ":" in str(spec) else f"{spec}:{scale:g}"
-      name += f" ({noise_name}, n={s['n']})"
+      n = "n_max" if s.get("mode") == "certify_adaptive" else "n"
+      name += f" ({noise_name}, {n}={s['n']})"
     out.append(name)
   return out
 
