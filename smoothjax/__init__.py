@@ -1,16 +1,18 @@
 """smoothjax: randomized smoothing in JAX and Flax.
 
-The pure core (``noise``, ``stats``, ``smoothing``, ``losses``, ``attacks``,
-``generation``) works on any ``logits_fn(inputs) -> logits``; ``data``, ``models``, ``modes``,
-``optim``, ``training``, ``workdir``, ``checkpointing`` and ``parallel`` train and
-restore base classifiers; ``results``, ``result_reader``, ``outputs``, ``locks``,
-``analysis`` and ``pictures`` write, read, summarise and plot certificates and
-attacks; ``hashing`` fingerprints models, checkpoints and inputs.
+The pure core (``noise``, ``stats``, ``votes``, ``certificates``, ``sequential``,
+``smoothing``, ``losses``, ``attacks``, ``generation``) works on any
+``logits_fn(inputs) -> logits``; ``data``, ``models``, ``modes``, ``optim``,
+``training``, ``workdir``, ``checkpointing`` and ``parallel`` train and restore base
+classifiers; ``results``, ``result_reader``, ``outputs``, ``locks``, ``analysis`` and
+``pictures`` write, read, summarise and plot certificates and attacks; ``hashing``
+fingerprints models, checkpoints and inputs.
 """
 
 from smoothjax import (
   analysis,
   attacks,
+  certificates,
   checkpointing,
   data,
   errors,
@@ -27,6 +29,7 @@ from smoothjax import (
   pictures,
   result_reader,
   results,
+  sequential,
   smoothing,
   stats,
   training,
@@ -34,7 +37,15 @@ from smoothjax import (
 )
 from smoothjax.errors import InputError
 from smoothjax.noise import Gaussian
-from smoothjax.smoothing import Certificate, certify, certify_batch, predict, predict_batch
+from smoothjax.smoothing import (
+  Certificate,
+  certify,
+  certify_adaptive,
+  certify_adaptive_batch,
+  certify_batch,
+  predict,
+  predict_batch,
+)
 
 __version__ = "0.1.0"
 
@@ -44,7 +55,10 @@ __all__ = [
   "InputError",
   "analysis",
   "attacks",
+  "certificates",
   "certify",
+  "certify_adaptive",
+  "certify_adaptive_batch",
   "certify_batch",
   "checkpointing",
   "data",
@@ -64,6 +78,7 @@ __all__ = [
   "predict_batch",
   "result_reader",
   "results",
+  "sequential",
   "smoothing",
   "stats",
   "training",

@@ -11,6 +11,9 @@ The smoothed classifier of a base classifier ``f`` under noise ``q`` is
   ``noise.radius(pA_lower)`` (``sigma * Phi^-1(pA_lower)`` in l2 for
   Gaussian noise). With probability at least ``1 - alpha`` over the sampling,
   ``g(x + delta) = cA`` for every ``||delta|| < radius``.
+* :func:`certify_adaptive` and :func:`certify_adaptive_batch` are sequential CERTIFY
+  (:mod:`smoothjax.sequential`): the same certificate from only the samples each input
+  needs, with a bound valid at any stopping time.
 * :func:`predict` is their Algorithm 2: top two vote counts ``nA, nB`` of
   ``n`` samples; return ``cA`` if the two-sided binomial test of ``nA`` in
   ``nA + nB`` trials at p = 1/2 has p-value <= ``alpha``, else abstain (-1).
