@@ -89,6 +89,7 @@ def test_certify_adaptive_resumes_matches_on_8_devices_and_reports_savings(workd
   assert "fixed-n CERTIFY with n = n_max = 3,000" in out.stdout, out.stdout
   assert "x fewer" in out.stdout and "stopped: " in out.stdout
   assert "n_max=3000)" in out.stdout  # the table names the budget
+  assert "estimation samples per input: mean" in out.stdout
   res = results.read_results(full)
   samples, count = res.extra["samples"], res.extra["count"]
   assert np.all((samples >= 50) & (samples <= 3000)) and np.all(count <= samples)

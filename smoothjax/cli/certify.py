@@ -535,6 +535,14 @@ def _report(paths, plot_path):
   radii = analysis.default_radii(max_radius, analysis.radius_step(max_radius))
   print(f"certified accuracy (%) against radius in {norm_label}")
   print(analysis.table(loaded, radii, fmt=_FORMAT.value))
+  for name, res in loaded.items():
+    samples = np.asarray(res.extra.get("samples", ()))
+    if samples.size and np.issubdtype(samples.dtype, np.number):
+      # Sequential CERTIFY's files: what the inputs cost.
+      print(
+        f"{name}: estimation samples per input: mean {samples.mean():,.0f}, median "
+        f"{np.median(samples):,.0f}, max {samples.max():,.0f}"
+      )
   if plot_path:
     analysis.plot_certified_accuracy(loaded, plot_path, max_radius=max_radius, norm=norm_label)
     print(f"plot: {plot_path}")
