@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import pytest
-from conftest import assert_one_line_error, run, train_tiny
+from conftest import run, run_python, train_tiny
 
 from smoothjax import analysis, results
 from smoothjax.cli import attack as attack_cli
@@ -40,7 +41,13 @@ ARGS = (
 )
 
 
-def test_compare_writes_one_table_from_the_programs_files(runs):
+def test_compare_end_to_end(runs):
+  """One test, so that the trained runs are built once whatever the xdist split."""
+  check_compare_writes_one_table_from_the_programs_files(runs)
+  check_bad_input_is_one_line_and_writes_nothing(runs)
+
+
+def check_compare_writes_one_table_from_the_programs_files(runs):
   root, workdirs = runs
   out = root / "out"
   proc = run(
@@ -88,26 +95,55 @@ def test_compare_writes_one_table_from_the_programs_files(runs):
   assert {p: os.path.getmtime(p) for p in out.glob("*/*.tsv")} == before
 
 
-@pytest.mark.parametrize(
-  "args,message",
-  [
-    (("--workdirs={missing}",), "no trained run"),
-    (("--workdirs={standard}",), "pass --sigma"),
-    (("--workdirs={standard}", "--sigma=-1"), "--sigma"),
-    (("--workdirs={standard}", "--sigma=0.25", "--eps_l2=a"), "--eps_l2"),
-    (("--workdirs={standard}", "--sigma=0.25", "--eps_linf=-0.1"), "--eps_linf"),
-    (("--workdirs={standard}", "--sigma=0.25", "--eps_l2=0.5,0.50"), "lists 0.5 twice"),
-    (("--workdirs={standard}", "--sigma=0.25", "--attacks=cw"), "--attacks"),
-    (("--workdirs={standard}", "--sigma=0.25", "--n=0"), "--n "),
-    (("--workdirs={standard}", "--sigma=0.25", "--alpha=2"), "--alpha"),
-    (("--workdirs={standard},{standard}", "--sigma=0.25"), "distinct"),
-    (("--workdirs={standard}", "--same_sigma"), "--same_sigma needs --sigma"),
-  ],
-)
-def test_bad_input_is_one_line_and_writes_nothing(runs, args, message):
+BAD_INPUTS = [
+  (("--workdirs={missing}",), "no trained run"),
+  (("--workdirs={standard}",), "pass --sigma"),
+  (("--workdirs={standard}", "--sigma=-1"), "--sigma"),
+  (("--workdirs={standard}", "--sigma=0.25", "--eps_l2=a"), "--eps_l2"),
+  (("--workdirs={standard}", "--sigma=0.25", "--eps_linf=-0.1"), "--eps_linf"),
+  (("--workdirs={standard}", "--sigma=0.25", "--eps_l2=0.5,0.50"), "lists 0.5 twice"),
+  (("--workdirs={standard}", "--sigma=0.25", "--attacks=cw"), "--attacks"),
+  (("--workdirs={standard}", "--sigma=0.25", "--n=0"), "--n "),
+  (("--workdirs={standard}", "--sigma=0.25", "--alpha=2"), "--alpha"),
+  (("--workdirs={standard},{standard}", "--sigma=0.25"), "distinct"),
+  (("--workdirs={standard}", "--same_sigma"), "--same_sigma needs --sigma"),
+]
+
+# Runs compare.py's main on each argument list in one process, as the program does
+# (one-line errors, exit status), recording the status and stderr of each.
+_DRIVER = """
+import contextlib, io, json, sys
+from absl import flags
+from smoothjax.cli import common, compare
+
+outcomes = []
+for argv in json.load(open(sys.argv[1])):
+  err = io.StringIO()
+  code = 0
+  with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    try:
+      flags.FLAGS.unparse_flags()
+      common.run_main(compare.main)(common.parse_flags(["compare.py", *argv]))
+    except SystemExit as e:
+      code = e.code
+    except Exception as e:
+      code = f"{type(e).__name__}: {e}"
+  outcomes.append({"code": code, "stderr": err.getvalue()})
+json.dump(outcomes, open(sys.argv[2], "w"))
+"""
+
+
+def check_bad_input_is_one_line_and_writes_nothing(runs):
   root, workdirs = runs
   out = root / "bad"
   names = {"missing": root / "nope", **workdirs}
-  proc = run("compare.py", *(a.format(**names) for a in args), f"--outdir={out}", check=False)
-  assert_one_line_error(proc, message)
-  assert not out.exists()
+  cases = [[*(a.format(**names) for a in args), f"--outdir={out}"] for args, _ in BAD_INPUTS]
+  (root / "cases.json").write_text(json.dumps(cases))
+  run_python(["-c", _DRIVER, root / "cases.json", root / "outcomes.json"], what="driver")
+  outcomes = json.loads((root / "outcomes.json").read_text())
+  for (args, message), outcome in zip(BAD_INPUTS, outcomes, strict=True):
+    assert outcome["code"] == 2, (args, outcome)
+    assert "Traceback" not in outcome["stderr"]
+    lines = [ln for ln in outcome["stderr"].splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1 and message in lines[0], (args, outcome["stderr"])
+    assert not out.exists()
