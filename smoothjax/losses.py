@@ -33,6 +33,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
+from smoothjax import stats
 from smoothjax.errors import InputError
 from smoothjax.noise import Noise
 
@@ -44,14 +45,7 @@ _MACER_LOG_OFFSET = 1e-10  # Zhai et al. take log(mean softmax + 1e-10).
 def _check_nonneg(name: str, value):
   if isinstance(value, jax.Array):
     return value  # A traced schedule (e.g. a warm-up); checked by its author.
-  if (
-    isinstance(value, bool)
-    or not isinstance(value, numbers.Real)
-    or not math.isfinite(value)
-    or value < 0
-  ):
-    raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
-  return float(value)
+  return stats.check_nonnegative(name, value)
 
 
 def _check_positive(name: str, value):

@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 
 import numpy as np
 
@@ -98,17 +97,6 @@ class Goal:
   tolerance: float | None = None
 
 
-def _radius_value(name: str, value) -> float:
-  if (
-    isinstance(value, bool)
-    or not isinstance(value, numbers.Real)
-    or not math.isfinite(value)
-    or value < 0
-  ):
-    raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
-  return float(value)
-
-
 def check_goal(radii=None, target_radius=None, tolerance=None) -> Goal:
   """Checks the stopping goals of sequential CERTIFY; returns them as a :class:`Goal`.
 
@@ -128,13 +116,13 @@ def check_goal(radii=None, target_radius=None, tolerance=None) -> Goal:
   if radii is not None:
     if isinstance(radii, str) or not hasattr(radii, "__iter__"):
       raise InputError(f"radii must be a sequence of radii, got {radii!r}; e.g. (0, 0.25, 0.5)")
-    radii = tuple(sorted({_radius_value("each of radii", r) for r in radii}))
+    radii = tuple(sorted({stats.check_nonnegative("each of radii", r) for r in radii}))
     if not radii:
       raise InputError("radii is empty; pass the radii to certify at, e.g. (0, 0.25, 0.5)")
   if target_radius is not None:
-    target_radius = _radius_value("target_radius", target_radius)
+    target_radius = stats.check_nonnegative("target_radius", target_radius)
   if tolerance is not None:
-    tolerance = _radius_value("tolerance", tolerance)
+    tolerance = stats.check_nonnegative("tolerance", tolerance)
   if radii is None and target_radius is None and tolerance is None:
     raise InputError(
       "sequential CERTIFY needs a goal to stop at: radii=(0, 0.25, ...), target_radius=r "

@@ -52,6 +52,23 @@ def check_alpha(alpha, name: str = "alpha") -> float:
   return float(alpha)
 
 
+def check_nonnegative(name: str, value) -> float:
+  """Validates a setting that is a finite real number >= 0; returns it as a float.
+
+  Args:
+    name: the setting's name, used in the error message.
+    value: the value to check.
+  """
+  if (
+    isinstance(value, bool)
+    or not isinstance(value, numbers.Real)
+    or not math.isfinite(value)
+    or value < 0
+  ):
+    raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
+  return float(value)
+
+
 def check_count(name: str, n) -> int:
   """Validates a sample count or batch size: an integer >= 1.
 
