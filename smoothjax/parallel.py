@@ -15,22 +15,105 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from smoothjax.errors import InputError
+
 DATA_AXIS = "data"
 
 
-def initialize_distributed() -> None:
-  """Starts multi-host JAX when the environment asks for it.
+# What jax.distributed.initialize is given: JAX reads the coordinator's address from the
+# environment itself, but not the process count and index.
+_ENV_ARGS = (
+  ("JAX_COORDINATOR_ADDRESS", "coordinator_address"),
+  ("JAX_NUM_PROCESSES", "num_processes"),
+  ("JAX_PROCESS_ID", "process_id"),
+)
 
-  On a cluster (SLURM, TPU pods, or ``JAX_COORDINATOR_ADDRESS`` set) this calls
-  ``jax.distributed.initialize()``, which must run before any other JAX call.
-  On a single host it does nothing.
+
+def distributed_requested() -> bool:
+  """Whether the environment asks for multi-process JAX (see :func:`initialize_distributed`)."""
+  env = os.environ
+  return bool(
+    env.get("SMOOTHJAX_DISTRIBUTED") == "1"
+    or env.get("JAX_COORDINATOR_ADDRESS")
+    or env.get("SLURM_NTASKS", "1") != "1"
+  )
+
+
+def _distributed_args() -> dict:
+  args = {}
+  for name, arg in _ENV_ARGS:
+    value = os.environ.get(name, "").strip()
+    if not value:
+      continue
+    if arg == "coordinator_address":
+      if ":" not in value:
+        raise InputError(f"{name}={value!r} must be HOST:PORT, e.g. 10.0.0.1:1234")
+      args[arg] = value
+      continue
+    try:
+      args[arg] = int(value)
+    except ValueError:
+      raise InputError(f"{name}={value!r} must be an integer") from None
+  num, index = args.get("num_processes"), args.get("process_id")
+  if num is not None and num < 1:
+    raise InputError(f"JAX_NUM_PROCESSES={num} must be >= 1")
+  if (num is None) != (index is None) and "coordinator_address" in args:
+    raise InputError(
+      "set JAX_NUM_PROCESSES and JAX_PROCESS_ID together (or neither, to let JAX detect "
+      "SLURM or a TPU pod)"
+    )
+  if num is not None and index is not None and not 0 <= index < num:
+    raise InputError(f"JAX_PROCESS_ID={index} must lie in [0, JAX_NUM_PROCESSES={num})")
+  return args
+
+
+def initialize_distributed(*, shutdown_timeout_seconds: int | None = None) -> bool:
+  """Starts multi-process JAX when the environment asks for it; returns whether it did.
+
+  The environment asks with ``SMOOTHJAX_DISTRIBUTED=1``, ``JAX_COORDINATOR_ADDRESS``
+  or a SLURM job of several tasks. The process count and index come from
+  ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` when set (with
+  ``JAX_COORDINATOR_ADDRESS=HOST:PORT``, the address of process 0), else from JAX's
+  own detection of SLURM, Open MPI and TPU pods. This must run before any other
+  JAX call. On CPU, collectives between processes go through gloo.
+
+  Args:
+    shutdown_timeout_seconds: how long a process that has finished waits at exit for
+      the others (JAX's default is 5 minutes: programs whose processes finish their
+      shares at different times pass more).
+
+  Raises:
+    InputError: the variables are malformed or the processes cannot connect.
   """
-  if (
-    os.environ.get("JAX_COORDINATOR_ADDRESS")
-    or os.environ.get("SLURM_NTASKS", "1") != "1"
-    or os.environ.get("SMOOTHJAX_DISTRIBUTED") == "1"
-  ):
-    jax.distributed.initialize()
+  if not distributed_requested():
+    return False
+  args = _distributed_args()
+  if shutdown_timeout_seconds is not None:
+    args["shutdown_timeout_seconds"] = int(shutdown_timeout_seconds)
+  try:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except AttributeError:  # an older JAX without the option
+    pass
+  try:
+    jax.distributed.initialize(**args)
+  except (RuntimeError, ValueError) as e:
+    detail = " ".join(str(e).split())[:300]
+    raise InputError(
+      f"cannot start multi-process JAX ({detail}); check JAX_COORDINATOR_ADDRESS (HOST:PORT "
+      "of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID, and that every process was started"
+    ) from None
+  return True
+
+
+def process_share(items, *, index: int | None = None, count: int | None = None):
+  """The items of this process: ``items[index::count]`` (default: this JAX process's).
+
+  A deterministic split by position, so that shares are balanced whatever the spacing
+  of the items and every item has exactly one owner.
+  """
+  index = jax.process_index() if index is None else index
+  count = jax.process_count() if count is None else count
+  return items[index::count]
 
 
 def make_mesh(devices=None) -> Mesh:

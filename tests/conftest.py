@@ -6,6 +6,7 @@ Multi-device tests run in a child process with 8 fake CPU devices
 """
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -90,6 +91,77 @@ def run_python(args, *, what: str, check: bool = True, devices: int = 1):
   if check and proc.returncode != 0:
     pytest.fail(f"{what} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
   return proc
+
+
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 that nothing listens on now."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def start_processes(args, num_processes: int, *, devices: int = 1, port: int | None = None):
+  """Starts ``python ARGS`` as the ``num_processes`` processes of one multi-process JAX job.
+
+  They find each other on 127.0.0.1 through the environment variables a user sets
+  (``SMOOTHJAX_DISTRIBUTED=1``, ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
+  ``JAX_PROCESS_ID``), each with ``devices`` CPU devices. Returns the ``Popen`` objects
+  (stdout and stderr piped, text); :func:`wait_processes` collects them.
+  """
+  port = free_port() if port is None else port
+  procs = []
+  for index in range(num_processes):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT)
+    env.pop("XLA_FLAGS", None)
+    if devices > 1:
+      env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env.update(
+      SMOOTHJAX_DISTRIBUTED="1",
+      JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+      JAX_NUM_PROCESSES=str(num_processes),
+      JAX_PROCESS_ID=str(index),
+    )
+    procs.append(
+      subprocess.Popen(
+        [sys.executable, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+      )
+    )
+  return procs
+
+
+def wait_processes(procs, *, what: str, check: bool = True, timeout: float = 600):
+  """Waits for the processes of :func:`start_processes`; returns ``[(returncode, out, err)]``.
+
+  Fails the calling test with every process's output if one exits non-zero and
+  ``check`` is set, or if they do not finish within ``timeout`` seconds (then they are
+  killed).
+  """
+  outcomes = []
+  try:
+    for proc in procs:
+      out, err = proc.communicate(timeout=timeout)
+      outcomes.append((proc.returncode, out, err))
+  except subprocess.TimeoutExpired:
+    for proc in procs:
+      proc.kill()
+    pytest.fail(f"{what}: the processes did not finish within {timeout} s")
+  if check and any(code != 0 for code, _, _ in outcomes):
+    report = "\n".join(
+      f"--- process {i} exited {code}:\n{out}\n{err}" for i, (code, out, err) in enumerate(outcomes)
+    )
+    pytest.fail(f"{what} failed:\n{report}")
+  return outcomes
+
+
+def run_processes(args, num_processes: int, *, what: str, check: bool = True, devices: int = 1):
+  """Runs ``python ARGS`` as one multi-process JAX job on 127.0.0.1 (:func:`start_processes`)."""
+  procs = start_processes(args, num_processes, devices=devices)
+  return wait_processes(procs, what=what, check=check)
 
 
 def run(script: str, *args, check: bool = True, devices: int = 1):

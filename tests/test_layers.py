@@ -11,7 +11,7 @@ CORE = {
   "noise",
   "stats",
   "votes",
-  "parallel",  # the mesh axis name and mesh helpers: jax only
+  "parallel",  # meshes, shardings and multi-process start: jax and errors only
   "certificates",
   "sequential",
   "smoothing",
