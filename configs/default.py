@@ -20,6 +20,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_dir = ""  # TFDS data_dir (empty: TFDS default)
   config.eval_split = "test"
   config.augment = "none"  # "none", "flip" or "crop_flip" (random crop, padding 4, + flip)
+  # Training images' transform on the host (smoothjax.pipeline): "random_resized_crop"
+  # (Cohen et al.'s ImageNet RandomResizedCrop + flip), "none", or "auto" (the crop on
+  # imagenet2012, none elsewhere). Evaluation images are never transformed.
+  config.host_transform = "auto"
+  config.data_workers = 0  # grain worker processes reading batches (0: in the training process)
+  config.data_prefetch = 2  # batches read ahead (per worker)
   # Model.
   config.model = "cnn"
   # Training mode (smoothjax.modes): "standard" (clean), "noise" (training under the noise

@@ -30,6 +30,7 @@ import shutil
 import sys
 from typing import Any
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -137,6 +138,7 @@ class Checkpointer:
       "model": ocp.StandardCheckpointHandler(),
       "optimizer": ocp.StandardCheckpointHandler(),
       "meta": ocp.JsonCheckpointHandler(),
+      "data": grain.checkpoint.CheckpointHandler(),
     }
     try:
       self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
@@ -206,10 +208,12 @@ class Checkpointer:
       f"no checkpoint at the end of epoch {epoch}: have epochs {sorted(ends)}{damaged}"
     )
 
-  def save(self, step: int, model_state, optimizer_state, meta: dict) -> None:
+  def save(self, step: int, model_state, optimizer_state, meta: dict, data_iterator=None) -> None:
     """Saves a checkpoint asynchronously, with the checksums of both states in ``meta``.
 
     The checksums are computed from one host copy of the states before orbax starts.
+    ``data_iterator``, a grain iterator, is saved too (item ``data``, one file per
+    process: ``process_<i>-of-<n>.json``); every process must call this.
     """
     meta = dict(meta)
     meta[CHECKSUMS] = state_checksums({"model": model_state, "optimizer": optimizer_state})
@@ -224,16 +228,34 @@ class Checkpointer:
         f"{self.directory} but {free / 2**20:.1f} MiB are free; free some space and rerun the "
         "same command (training resumes from the last complete checkpoint)"
       )
+    items = dict(
+      model=ocp.args.StandardSave(model_state),
+      optimizer=ocp.args.StandardSave(optimizer_state),
+      meta=ocp.args.JsonSave(meta),
+    )
+    if data_iterator is not None:
+      # grain's handler is synchronous: the state is taken now, not when the arrays land.
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     with self._writing(step):
-      self.manager.save(
-        step,
-        args=ocp.args.Composite(
-          model=ocp.args.StandardSave(model_state),
-          optimizer=ocp.args.StandardSave(optimizer_state),
-          meta=ocp.args.JsonSave(meta),
-        ),
-      )
+      self.manager.save(step, args=ocp.args.Composite(**items))
     self._last_saved = step
+
+  def restore_data(self, step: int, data_iterator) -> bool:
+    """Restores this process's grain iterator state saved with checkpoint ``step``.
+
+    Returns:
+      True if it was restored; False if the checkpoint holds none for this process
+      (saved before there was one, or by a job of another process count).
+    """
+    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if not os.path.isfile(os.path.join(self.directory, str(step), "data", name)):
+      return False
+    args = ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator))
+    try:
+      self.manager.restore(step, args=args)
+    except Exception as e:  # orbax, json and grain errors all mean the same here
+      raise self._damaged(step, f"its input pipeline state cannot be read ({_one_line(e)})") from e
+    return True
 
   @contextlib.contextmanager
   def _writing(self, step: int | None):

@@ -32,7 +32,7 @@ import gzip
 import importlib.resources
 import os
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -51,6 +51,9 @@ _IDX_SUFFIXES = {
   ("test", "images"): ("t10k-images-idx3-ubyte", "test-images-idx3-ubyte"),
   ("test", "labels"): ("t10k-labels-idx1-ubyte", "test-labels-idx1-ubyte"),
 }
+
+# ``transform(image, index) -> image``: uint8 (H, W, C) images; see :meth:`Split.get`.
+Transform = Callable[[np.ndarray, int], np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,14 +74,20 @@ class Split:
   def __len__(self) -> int:
     raise NotImplementedError
 
-  def _get_uint8(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  def _get_uint8(self, indices: np.ndarray, transform=None) -> tuple[np.ndarray, np.ndarray]:
     raise NotImplementedError
 
-  def get(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  def get(
+    self, indices: Sequence[int] | np.ndarray, transform: Transform | None = None
+  ) -> tuple[np.ndarray, np.ndarray]:
     """Returns the examples at `indices`.
 
     Args:
       indices: 1-D integers in ``[0, len(self))``, in any order.
+      transform: None for the split's own images (resized and center-cropped when the
+        split has an ``image_size``); or ``transform(image, index)``, given an example's
+        uint8 ``(H, W, C)`` image as stored and its index, returning the uint8 image to
+        use instead (a random training crop, :mod:`smoothjax.pipeline`).
 
     Returns:
       ``(images, labels)``: float32 ``(B, H, W, C)`` in [0, 1] and int32 ``(B,)``.
@@ -90,7 +99,7 @@ class Split:
       )
     if idx.min() < 0 or idx.max() >= len(self):
       raise InputError(f"indices must lie in [0, {len(self)}), got {idx.min()}..{idx.max()}")
-    images, labels = self._get_uint8(idx.astype(np.int64))
+    images, labels = self._get_uint8(idx.astype(np.int64), transform)
     return np.divide(images, 255, dtype=np.float32), labels.astype(np.int32)
 
 
@@ -124,9 +133,11 @@ class ArraySplit(Split):
   def __len__(self) -> int:
     return len(self._labels)
 
-  def _get_uint8(self, indices):
+  def _get_uint8(self, indices, transform=None):
     images = self._images[indices]
-    if self._image_size is not None:
+    if transform is not None:
+      images = np.stack([transform(im, int(i)) for im, i in zip(images, indices, strict=True)])
+    elif self._image_size is not None:
       images = np.stack([_resize_center_crop(im, self._image_size) for im in images])
     return images, self._labels[indices]
 
@@ -146,16 +157,26 @@ class TfdsSplit(Split):
     # JPEG decoding and PIL resizing release the GIL, so threads give real parallelism.
     return concurrent.futures.ThreadPoolExecutor(min(16, os.cpu_count() or 1))
 
-  def _read(self, index: int) -> tuple[np.ndarray, int]:
+  def __getstate__(self):
+    # Picklable for grain's worker processes: each starts its own thread pool.
+    state = dict(self.__dict__)
+    state.pop("_pool", None)
+    return state
+
+  def _read(self, index: int, transform=None) -> tuple[np.ndarray, int]:
     example = self._source[index]
     image = np.asarray(example["image"])
     image = image[..., None] if image.ndim == 2 else image
-    if self._image_size is not None:
+    if transform is not None:
+      image = transform(image, index)
+    elif self._image_size is not None:
       image = _resize_center_crop(image, self._image_size)
     return image, int(example["label"])
 
-  def _get_uint8(self, indices):
-    read = list(self._pool.map(self._read, indices.tolist()))
+  def _get_uint8(self, indices, transform=None):
+    read = list(
+      self._pool.map(functools.partial(self._read, transform=transform), indices.tolist())
+    )
     labels = np.array([label for _, label in read], np.int64)
     if labels.min() < 0:
       raise InputError("this TFDS split has unlabeled examples (label -1); use a labeled split")

@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import optax
 
-from smoothjax import augment, models, modes
+from smoothjax import augment, models, modes, pipeline
 from smoothjax.errors import InputError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -82,6 +82,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   need(
     _is_int(config.checkpoint_every_epochs) and config.checkpoint_every_epochs >= 1,
     f"checkpoint_every_epochs must be an integer >= 1, got {config.checkpoint_every_epochs!r}",
+  )
+  for name, default, low in (("data_workers", 0, 0), ("data_prefetch", 2, 1)):
+    value = config.get(name, default)
+    need(_is_int(value) and value >= low, f"{name} must be an integer >= {low}, got {value!r}")
+  host = config.get("host_transform", "auto")
+  need(
+    host in pipeline.HOST_TRANSFORMS,
+    f"unknown host_transform {host!r}; choose one of {list(pipeline.HOST_TRANSFORMS)}",
   )
   every = config.get("checkpoint_every_steps", 0)
   need(

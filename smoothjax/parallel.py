@@ -160,3 +160,62 @@ def shard_batch(tree, mesh: Mesh):
 def replicate(tree, mesh: Mesh):
   """Places a pytree on every device of the mesh."""
   return jax.device_put(tree, replicated(mesh))
+
+
+def wait_for_processes(name: str, timeout_seconds: float) -> None:
+  """Blocks until every process of a multi-process job has called this with ``name``.
+
+  A barrier of JAX's coordination service (no device collective, so processes may
+  arrive hours apart within ``timeout_seconds``). Does nothing in a single process.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # The client of jax.distributed.initialize.
+
+  client = distributed.global_state.client
+  if client is None:  # Multi-process through a runtime of its own (TPU pods): a collective.
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+    return
+  client.wait_at_barrier(name, int(timeout_seconds * 1000))
+
+
+def process_rows(mesh: Mesh, batch_size: int) -> tuple[int, int]:
+  """The rows ``(start, stop)`` of a global batch that this process's devices hold.
+
+  With :func:`make_mesh`'s device order (processes in turn) they are contiguous:
+  process ``p`` of ``P`` holds ``[p * B / P, (p + 1) * B / P)``. A process reads only
+  these rows and places them with :func:`put_process_batch`.
+  """
+  n = mesh.devices.size
+  if batch_size % n:
+    raise InputError(
+      f"batch size {batch_size} is not a multiple of the {n} devices; choose a batch size "
+      "divisible by the device count"
+    )
+  index_map = data_sharding(mesh).addressable_devices_indices_map((batch_size,))
+  spans = sorted(
+    {(s[0].start or 0, batch_size if s[0].stop is None else s[0].stop) for s in index_map.values()}
+  )
+  if any(a[1] != b[0] for a, b in zip(spans, spans[1:], strict=False)):
+    raise InputError(
+      f"this process's devices hold rows {spans} of the batch, not one contiguous slice; "
+      "build the mesh with parallel.make_mesh()"
+    )
+  return spans[0][0], spans[-1][1]
+
+
+def put_process_batch(tree, mesh: Mesh, batch_size: int):
+  """Assembles a global batch of ``batch_size`` rows on the mesh from each process's rows.
+
+  Each process passes only its :func:`process_rows` of the batch (``jax``'s
+  ``make_array_from_process_local_data``), so no host reads or holds the whole batch.
+  """
+  sharding = data_sharding(mesh)
+
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_process_local_data(sharding, x, (batch_size, *x.shape[1:]))
+
+  return jax.tree.map(put, tree)

@@ -13,13 +13,20 @@ the state is replicated, so one code path runs on 1 CPU, 8 fake CPU devices,
 GPUs and TPUs. The step's key is ``fold_in(train_key, step)``, so a resumed run
 draws the same noise as an uninterrupted one.
 
+Training input comes from :class:`smoothjax.pipeline.TrainInput`: on several hosts
+(``jax.distributed``) each process reads only its rows of every global batch, and its
+grain iterator state is saved in each checkpoint. Every process runs the loop and joins
+every checkpoint save and restore; process 0 alone writes the run files and
+``metrics.jsonl``, prints, and holds the workdir's lock.
+
 A run that diverges (a non-finite loss or parameter) stops with an error before
-the broken state is saved; a workdir is held by one training process at a time
+the broken state is saved; a workdir is held by one training job at a time
 (``WORKDIR/train.lock``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -36,7 +43,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from smoothjax import augment, checkpointing, locks, models, modes, parallel
+from smoothjax import augment, checkpointing, locks, models, modes, parallel, pipeline
 from smoothjax import data as data_lib
 from smoothjax import workdir as workdir_lib
 from smoothjax.errors import InputError
@@ -64,6 +71,12 @@ __all__ = [
 ]
 
 MODES = modes.MODES
+
+
+def _say(*args, **kwargs) -> None:
+  """``print`` on process 0 only: a multi-process job reports once."""
+  if jax.process_index() == 0:
+    print(*args, **kwargs)
 
 
 @dataclasses.dataclass
@@ -139,13 +152,17 @@ def evaluate(trainer: Trainer, state, split, *, batch_size: int, key, mesh):
   ndev = mesh.devices.size
   for i, start in enumerate(range(0, n, batch_size)):
     idx = np.arange(start, min(start + batch_size, n))
-    images, labels = split.get(idx)
-    # Pad the last batch to a multiple of the device count; padded rows get label -1.
-    pad = (-len(idx)) % ndev
+    # The last batch is padded to a multiple of the device count; padded rows get label -1.
+    size = len(idx) + (-len(idx)) % ndev
+    lo, hi = parallel.process_rows(mesh, size)
+    mine = idx[lo:hi]  # this process's rows, fewer than hi - lo in the padding
+    images, labels = split.get(mine if len(mine) else idx[:1])
+    images, labels = images[: len(mine)], labels[: len(mine)]
+    pad = hi - lo - len(mine)
     if pad:
       images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
       labels = np.concatenate([labels, np.full((pad,), -1, labels.dtype)])
-    images, labels = parallel.shard_batch((images, labels), mesh)
+    images, labels = parallel.put_process_batch((images, labels), mesh, size)
     c, z = trainer.eval_step(state, images, labels, jax.random.fold_in(key, i))
     clean += int(c)
     noisy += int(z)
@@ -222,18 +239,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     )
   steps_per_epoch = data_lib.num_batches(train_split, config.batch_size)
   mesh = parallel.make_mesh() if mesh is None else mesh
+  parallel.process_rows(mesh, config.batch_size)  # a batch size the devices divide
+  pipeline.host_transform(config, dataset.info, config.seed)
   _check_same_run(config, workdir)
   _check_init_from(config, workdir)
   workdir_lib.make_workdir(workdir)
-  with locks.exclusive(os.path.join(workdir, "train.lock"), f"workdir {workdir}"):
+  with _workdir_lock(workdir):
     return _train(config, workdir, dataset, train_split, test_split, steps_per_epoch, mesh)
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: str):
+  """``WORKDIR/train.lock`` for the whole job: process 0 takes it, the others learn whether.
+
+  A lock taken by every process of one job would refuse all but the first; a second
+  job on the same workdir is refused on every one of its processes.
+  """
+  path = os.path.join(workdir, "train.lock")
+  if jax.process_count() == 1:
+    with locks.exclusive(path, f"workdir {workdir}"):
+      yield
+    return
+  from jax.experimental import multihost_utils
+
+  with contextlib.ExitStack() as stack:
+    error = None
+    if jax.process_index() == 0:
+      try:
+        stack.enter_context(locks.exclusive(path, f"workdir {workdir}"))
+      except InputError as e:
+        error = e
+    taken = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+    if error is not None:
+      raise error
+    if not taken:
+      raise InputError(
+        f"process 0 of this job could not take {path} (another job trains in workdir "
+        f"{workdir}? see process 0's error); wait for it or choose another --workdir"
+      )
+    yield
 
 
 def _train(config, workdir, dataset, train_split, test_split, steps_per_epoch, mesh) -> dict:
   trainer = make_trainer(config, dataset.info, steps_per_epoch)
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
   state = parallel.replicate(trainer.state(), mesh)
-  start_step, partial = 0, None
+  start_step, partial, meta, train_input = 0, None, {}, None
   try:
     restored = ckpt.restore_latest(state[0], state[1])
     if restored is not None:
@@ -252,21 +303,57 @@ def _train(config, workdir, dataset, train_split, test_split, steps_per_epoch, m
     total_steps = config.num_epochs * steps_per_epoch
     if start_step >= total_steps:
       done = start_step / steps_per_epoch
-      print(
+      _say(
         f"{workdir} has already trained {done:g} epochs (num_epochs={config.num_epochs}): "
         "nothing to do; pass a larger --config.num_epochs to train further"
       )
       history = _read_history(os.path.join(workdir, "metrics.jsonl"), upto_epoch=int(done))
       return history[-1] if history else {}
     if start_step:
-      print(
+      _say(
         f"resuming from step {start_step} (epoch {start_step / steps_per_epoch:.2f}) in {workdir}"
       )
-    workdir_lib.save_run_files(workdir, config, dataset.info)
-    run = _Run(config, workdir, trainer, ckpt, train_split, test_split, steps_per_epoch, mesh)
+    if jax.process_index() == 0:
+      workdir_lib.save_run_files(workdir, config, dataset.info)
+    train_input = _train_input(config, ckpt, dataset, steps_per_epoch, mesh, start_step, meta)
+    run = _Run(config, workdir, trainer, ckpt, train_input, test_split, steps_per_epoch, mesh)
     return _loop(run, state, start_step, partial)
   finally:
+    if train_input is not None:
+      train_input.close()
     ckpt.close()
+
+
+def _train_input(config, ckpt, dataset, steps_per_epoch, mesh, start_step, meta):
+  """This process's training input from ``start_step`` on.
+
+  The iterator state saved with the checkpoint of ``start_step`` is restored when it was
+  saved by a job of the same shape (processes, rows, workers, batch size); otherwise the
+  input starts afresh at that step, which gives the same batches.
+  """
+
+  def make(start):
+    return pipeline.TrainInput(
+      dataset.split("train"),
+      batch_size=config.batch_size,
+      steps_per_epoch=steps_per_epoch,
+      num_epochs=config.num_epochs,
+      seed=config.seed,
+      rows=parallel.process_rows(mesh, config.batch_size),
+      workers=config.get("data_workers", 0),
+      prefetch=config.get("data_prefetch", 2),
+      transform=pipeline.host_transform(config, dataset.info, config.seed),
+      start=start,
+    )
+
+  saved = meta.get("input")
+  if start_step and isinstance(saved, dict) and isinstance(saved.get("start"), int):
+    candidate = make(saved["start"])
+    if candidate.compatible(saved) and ckpt.restore_data(start_step, candidate.iterator):
+      candidate.restored(start_step)
+      return candidate
+    candidate.close()
+  return make(start_step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,7 +364,7 @@ class _Run:
   workdir: str
   trainer: Trainer
   ckpt: checkpointing.Checkpointer
-  train_split: data_lib.Split
+  train_input: pipeline.TrainInput
   test_split: data_lib.Split
   steps_per_epoch: int
   mesh: jax.sharding.Mesh
@@ -287,39 +374,40 @@ def _loop(run: _Run, state, start_step: int, partial: Mapping | None) -> dict:
   """The epochs from ``start_step`` on; ``partial``: the resumed epoch's metric sums."""
   config, workdir, trainer, ckpt = run.config, run.workdir, run.trainer, run.ckpt
   steps_per_epoch, mesh = run.steps_per_epoch, run.mesh
-  train_split, test_split = run.train_split, run.test_split
+  train_input, test_split = run.train_input, run.test_split
+  main = jax.process_index() == 0
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   history = _read_history(metrics_path, upto_epoch=start_step // steps_per_epoch)
   train_key = jax.random.fold_in(jax.random.key(config.seed), 0)
   eval_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   last = history[-1] if history else {}
-  _write_lines(metrics_path, history)
+  if main:
+    _write_lines(metrics_path, history)
   every_steps = config.get("checkpoint_every_steps", 0)
 
   def save(step, state, epoch_metrics=None):
     meta = {"epoch": step // steps_per_epoch, "step": step, "steps_per_epoch": steps_per_epoch}
     if epoch_metrics is not None:
       meta["partial"] = epoch_metrics.partial()
-    ckpt.save(step, state[0], state[1], meta)
+    meta["input"] = train_input.description
+    ckpt.save(step, state[0], state[1], meta, data_iterator=train_input.iterator)
 
   for epoch in range(start_step // steps_per_epoch, config.num_epochs):
     t0 = time.time()
     first = max(start_step - epoch * steps_per_epoch, 0)
     epoch_metrics = _EpochMetrics(partial if first else None)
     bar = tqdm(
-      data_lib.batches(
-        train_split, config.batch_size, seed=config.seed, epoch=epoch, start_batch=first
-      ),
+      train_input.epoch(epoch, first),
       initial=first,
       total=steps_per_epoch,
       desc=f"epoch {epoch + 1}/{config.num_epochs}",
       leave=False,
-      disable=not config.get("progress", True),
+      disable=not (config.get("progress", True) and main),
     )
     epoch_arg = jnp.asarray(epoch, jnp.int32)
     for i, (images, labels) in enumerate(bar, start=first):
       step = epoch * steps_per_epoch + i
-      batch = parallel.shard_batch((images, labels.astype(np.int32)), mesh)
+      batch = parallel.put_process_batch((images, labels.astype(np.int32)), mesh, config.batch_size)
       state, m = trainer.train_step(state, *batch, jax.random.fold_in(train_key, step), epoch_arg)
       epoch_metrics.add(m)
       at_save = every_steps and (step + 1) % every_steps == 0 and i + 1 < steps_per_epoch
@@ -363,14 +451,15 @@ def _loop(run: _Run, state, start_step: int, partial: Mapping | None) -> dict:
       for k, v in last.items()
       if k.startswith("train_") and k not in ("train_loss", "train_accuracy")
     )
-    print(
+    _say(
       f"epoch {epoch + 1:3d}/{config.num_epochs}  loss {last['train_loss']:.4f}  "
       f"train acc {last['train_accuracy']:.4f}{extra}  test acc {clean:.4f}  "
       f"test acc (noise {noise_name}) {noisy:.4f}  {last['seconds']:.1f}s",
       flush=True,
     )
-    with open(metrics_path, "a") as f:
-      f.write(_json_line(last))
+    if main:
+      with open(metrics_path, "a") as f:
+        f.write(_json_line(last))
     if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
       save(last["step"], state)
   return last
@@ -414,7 +503,7 @@ def _check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
     and json.dumps(saved.get(k), sort_keys=True) != json.dumps(current[k], sort_keys=True)
   ]
   if changed:
-    print(f"note: resuming {workdir} with changed settings: {', '.join(sorted(changed))}")
+    _say(f"note: resuming {workdir} with changed settings: {', '.join(sorted(changed))}")
 
 
 def _check_init_from(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -445,7 +534,7 @@ def _initial_state(trainer: Trainer, source: str):
   """The trainer's state with the model's parameters and statistics from ``source``."""
   model, _, _, meta = checkpointing.restore_model(source)
   nnx.update(trainer.model, nnx.state(model))
-  print(f"starting from {source} (epoch {meta['epoch']}, step {meta['step']})", flush=True)
+  _say(f"starting from {source} (epoch {meta['epoch']}, step {meta['step']})", flush=True)
   return trainer.state()
 
 
@@ -465,7 +554,7 @@ def _read_history(path: str, upto_epoch: int) -> list[dict]:
         row = json.loads(line)
         epoch = int(row["epoch"])
       except (ValueError, KeyError, TypeError):
-        print(f"note: dropping damaged line {lineno} of {path}", file=sys.stderr)
+        _say(f"note: dropping damaged line {lineno} of {path}", file=sys.stderr)
         continue
       if epoch <= upto_epoch:
         rows.append(row)

@@ -202,18 +202,18 @@ def kill_once_at(monkeypatch, at_epoch: int, at_batch: int) -> list[tuple[int, i
 
   Returns the list that records (epoch, start_batch) of every epoch training begins.
   """
-  real_batches = training.data_lib.batches
+  real_epoch = training.pipeline.TrainInput.epoch
   starts, killed = [], []
 
-  def batches(*args, epoch, start_batch=0, **kwargs):
+  def epoch_batches(self, epoch, start_batch=0):
     starts.append((epoch, start_batch))
-    for i, b in enumerate(real_batches(*args, epoch=epoch, start_batch=start_batch, **kwargs)):
+    for i, b in enumerate(real_epoch(self, epoch, start_batch)):
       if (epoch, start_batch + i) == (at_epoch, at_batch) and not killed:
         killed.append(True)
         raise Killed
       yield b
 
-  monkeypatch.setattr(training.data_lib, "batches", batches)
+  monkeypatch.setattr(training.pipeline.TrainInput, "epoch", epoch_batches)
   return starts
 
 
