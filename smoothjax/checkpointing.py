@@ -491,6 +491,12 @@ def restore_model(workdir: str, epoch: int | None = None):
   try:
     model = nnx.eval_shape(lambda: models.from_config(config, info, seed=0))
     graphdef, abstract_state = nnx.split(model)
+    # On this process's first device: under jax.distributed a program that evaluates the
+    # model (certify.py, attack.py) computes on its own devices, never across processes.
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract_state = jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=local), abstract_state
+    )
     if epoch is None:
       restored = ckpt.restore_latest(abstract_state, set_aside=False)
       if restored is None:

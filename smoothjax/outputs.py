@@ -4,13 +4,16 @@ A program that writes a file at the end of a long run checks its path first
 (:func:`check_output_path`), so a directory, a device or a read-only folder is
 refused before any work is done. A result file ``PATH`` has two companions:
 its settings, ``PATH.settings.json`` (:func:`settings_path`), and the lock its
-writer holds, ``PATH.lock`` (:func:`lock_path`).
+writer holds, ``PATH.lock`` (:func:`lock_path`). A result computed by several
+processes is kept in part files beside it, ``PATH.part-I-of-N`` (:func:`part_path`),
+each a result file with its own companions, until they are merged into ``PATH``.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 
 from smoothjax.errors import InputError
@@ -26,6 +29,33 @@ def settings_path(path: str | os.PathLike) -> str:
 def lock_path(path: str | os.PathLike) -> str:
   """The lock file that the writer of result file ``path`` holds (see :mod:`smoothjax.locks`)."""
   return os.fspath(path) + ".lock"
+
+
+_PART_SUFFIX = re.compile(r"\.part-(\d+)-of-(\d+)")
+
+
+def part_path(path: str | os.PathLike, index: int, count: int) -> str:
+  """The part of result file ``path`` that process ``index`` of ``count`` writes."""
+  return f"{os.fspath(path)}.part-{index}-of-{count}"
+
+
+def part_paths(path: str | os.PathLike) -> list[str]:
+  """The part files of result file ``path`` that exist, ordered by (count, index)."""
+  path = os.fspath(path)
+  folder, base = os.path.split(path)
+  try:
+    names = os.listdir(folder or ".")
+  except OSError:
+    return []
+  found = []
+  for name in names:
+    if not name.startswith(base + ".part-"):
+      continue
+    match = _PART_SUFFIX.fullmatch(name[len(base) :])
+    if match:
+      index, count = int(match.group(1)), int(match.group(2))
+      found.append(((count, index), os.path.join(folder, name)))
+  return [p for _, p in sorted(found)]
 
 
 def _file_kind(mode: int) -> str:

@@ -136,12 +136,15 @@ def shard_batch(tree, mesh: Mesh):
   """Places a global host batch on the mesh, split along its leading axis.
 
   Every process passes the same global batch (the data order is a function of the
-  seed and epoch only); each keeps the rows of its own devices. The leading
-  dimension must be a multiple of the number of devices.
+  seed and epoch only); each keeps the rows of its own devices. On a mesh of this
+  process's devices alone the whole batch is its own. The leading dimension must be
+  a multiple of the number of devices.
   """
   n = mesh.devices.size
   sharding = data_sharding(mesh)
   procs, proc = jax.process_count(), jax.process_index()
+  if all(d.process_index == proc for d in mesh.devices.flat):
+    procs = 1  # A mesh of this process's own devices (certification): the batch is all its own.
 
   def put(x):
     x = np.asarray(x)

@@ -278,28 +278,105 @@ def read_results(path: str | os.PathLike) -> Results:
   """Reads a result file: ours, or Cohen et al.'s certify.py or predict.py output.
 
   A last line without a newline (a run killed mid-write) is ignored; rows
-  repeated verbatim are counted once (with a note on stderr).
+  repeated verbatim are counted once (with a note on stderr). A result written by
+  several processes is read as one: ``path`` (if it exists) with its part files
+  ``path.part-I-of-N`` (see :func:`read_combined`).
 
   Args:
     path: the TSV file, with a header line naming at least ``idx label predict
       correct`` (and ``radius`` for certification results).
 
   Returns:
-    The rows as :class:`Results`, in file order.
+    The rows as :class:`Results`, in file order (parts after ``path``).
 
   Raises:
     InputError: the file is missing or not a regular file, lacks a required
       column, has a malformed or inconsistent row, or two different rows for
       one ``idx``. The message names the file and line.
   """
+  combined = read_combined(path)
+  if combined is None:
+    raise InputError(f"the parts of {path} hold no rows yet; rerun the job that writes them")
+  return combined.parsed.results
+
+
+@dataclasses.dataclass(frozen=True)
+class Combined:
+  """A result file read together with its parts (:func:`read_combined`)."""
+
+  parsed: Parsed  # The rows of every file, each idx once; `lines` hold their text.
+  header: str  # The header line the files share.
+  files: list[str]  # The files read: the result file if it exists, then its parts.
+  settings: dict | None  # The settings they share (None: no settings file).
+
+
+_READ_ADVICE = "fix or delete that line, or recompute the file"
+
+
+def read_combined(path: str | os.PathLike, *, exclude: Sequence[str] = ()) -> Combined | None:
+  """Reads result file ``path`` and its part files as one result.
+
+  Each file is checked on its own (so messages name the file and line); then the
+  rows of all of them are checked together: one idx in two files must be the same
+  row (the ``time`` column aside), as after a merge that stopped before removing the
+  parts. The files must share their header and their settings.
+
+  Args:
+    path: the result file; it need not exist if it has parts.
+    exclude: files to leave out (a writer reads the others beside its own part).
+
+  Returns:
+    The rows, or None if every file left is a part cut off in its header line.
+
+  Raises:
+    InputError: as :func:`read_results`; also parts with another header or other
+      settings, and two different rows for one idx in two files.
+  """
   path = os.fspath(path)
-  data = outputs.read_regular_file(path, "result file", "pass a result file (TSV)")
-  advice = "fix or delete that line, or recompute the file"
-  return parse(path, data, expected=None, advice=advice).results
+  excluded = {os.path.abspath(p) for p in exclude}
+  parts = outputs.part_paths(path)
+  files = [path] if os.path.lexists(path) or not parts else []
+  files = [f for f in files + parts if os.path.abspath(f) not in excluded]
+  header, settings_of, lines, chunks = None, None, [], []
+  for file in files:
+    data = outputs.read_regular_file(file, "result file", "pass a result file (TSV)")
+    if parts and data.rfind(b"\n") < 0:
+      continue  # A part killed while writing its header holds no rows.
+    parsed = parse(file, data, expected=None, advice=_READ_ADVICE)
+    head = data[: data.index(b"\n")].decode("utf-8").rstrip("\r")
+    if header is None:
+      header, first = head, file
+    elif head.split("\t") != header.split("\t"):
+      raise InputError(
+        f"{file} has the columns {head.split(chr(9))} but {first} has {header.split(chr(9))}, "
+        "so they are not parts of one result; move one of them away"
+      )
+    settings = read_settings(file)
+    if settings_of is None:
+      settings_of = (file, settings)
+    elif settings != settings_of[1]:
+      raise InputError(
+        f"{file} and {settings_of[0]} were written with other settings, so they are not parts "
+        "of one result; move one of them away"
+      )
+    chunks.append(parsed)
+    lines.extend(parsed.lines)
+  if len(chunks) == 1:
+    return Combined(chunks[0], header, files, settings_of[1])
+  if not chunks:
+    return None
+  text = (header + "\n" + "".join(line + "\n" for line in lines)).encode("utf-8")
+  parsed = parse(f"{path} (with its parts)", text, expected=None, advice=_READ_ADVICE)
+  if parsed.results is not None:
+    parsed = dataclasses.replace(parsed, results=dataclasses.replace(parsed.results, path=path))
+  return Combined(parsed, header, files, settings_of[1])
 
 
 def read_settings(path: str | os.PathLike) -> dict | None:
   """The settings stored beside result file ``path``; None if there are none.
+
+  For a result that exists only as part files (``path.part-I-of-N``), the settings
+  of its first part (:func:`read_combined` checks that the parts agree).
 
   Raises:
     InputError: the settings file exists but is not a JSON object. Deleting it
@@ -308,6 +385,9 @@ def read_settings(path: str | os.PathLike) -> dict | None:
   """
   sidecar = outputs.settings_path(path)
   if not os.path.lexists(sidecar):
+    parts = [] if os.path.lexists(path) else outputs.part_paths(path)
+    if parts and os.path.lexists(outputs.settings_path(parts[0])):
+      return read_settings(parts[0])
     return None
   damaged = (
     f"delete both it and {os.fspath(path)} (their rows cannot be resumed without it), "

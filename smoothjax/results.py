@@ -42,6 +42,8 @@ from smoothjax.hashing import fingerprint, input_hashes
 from smoothjax.outputs import (
   check_output_path,
   lock_path,
+  part_path,
+  part_paths,
   read_regular_file,
   settings_path,
   write_error,
@@ -59,6 +61,7 @@ from smoothjax.result_reader import (
   parse,
   parse_int,
   parse_time,
+  read_combined,
   read_results,
   read_settings,
   row_problem,
@@ -80,9 +83,14 @@ __all__ = [
   "format_value",
   "input_hashes",
   "lock_path",
+  "merge_parts",
   "parse_time",
+  "part_path",
+  "part_paths",
+  "read_combined",
   "read_results",
   "read_settings",
+  "settings_mismatch",
   "settings_path",
 ]
 
@@ -261,22 +269,11 @@ class ResultWriter:
     self._replace_file(self._header)
 
   def _replace_file(self, text: str) -> None:
-    """Writes ``text`` as the whole file, atomically (a crash leaves the old or the new one)."""
-    tmp = self.path + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, self.path)
+    _replace(self.path, text)
 
   def _write_settings(self) -> None:
-    tmp = settings_path(self.path) + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(self._settings, f, indent=2, sort_keys=True, allow_nan=False)
-      f.write("\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, settings_path(self.path))
+    text = json.dumps(self._settings, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    _replace(settings_path(self.path), text)
 
   def _resume(self) -> None:
     data = read_regular_file(self.path, "result file", "choose another --outfile")
@@ -312,22 +309,9 @@ class ResultWriter:
         f"{self.path} has rows but no settings file {sidecar}, so they may come from "
         "other settings; choose another --outfile or delete the file"
       )
-    differ = sorted(
-      k
-      for k in stored.keys() | self._settings.keys()
-      if stored.get(k, _MISSING) != self._settings.get(k, _MISSING)
-    )
-    if differ:
-      detail = ", ".join(
-        f"{k}: {_short(stored.get(k, '<unset>'), self._settings.get(k))} in file vs "
-        f"{_short(self._settings.get(k, '<unset>'), stored.get(k))} now"
-        for k in differ
-      )
-      hints = "".join(f"; {self._hints[k]}" for k in differ if k in self._hints)
-      raise InputError(
-        f"{self.path} was written with other settings ({detail}){hints}; rerun with the same "
-        "settings, or choose another --outfile"
-      )
+    problem = settings_mismatch(self.path, stored, self._settings, self._hints)
+    if problem:
+      raise InputError(problem)
 
   def _append(self, text: str) -> None:
     self._file.write(text)
@@ -406,6 +390,78 @@ class ResultWriter:
         pass
       return
     self.close()
+
+
+def settings_mismatch(
+  path: str, stored: Mapping[str, Any], settings: Mapping[str, Any], hints: Mapping[str, str]
+) -> str | None:
+  """What differs between a result file's stored settings and this run's, as a message.
+
+  None if they agree. ``hints`` say, for a settings key, what a difference in it means.
+  """
+  settings = _canonical(settings)
+  keys = stored.keys() | settings.keys()
+  differ = sorted(k for k in keys if stored.get(k, _MISSING) != settings.get(k, _MISSING))
+  if not differ:
+    return None
+  detail = ", ".join(
+    f"{k}: {_short(stored.get(k, '<unset>'), settings.get(k))} in file vs "
+    f"{_short(settings.get(k, '<unset>'), stored.get(k))} now"
+    for k in differ
+  )
+  hints = "".join(f"; {hints[k]}" for k in differ if k in hints)
+  return (
+    f"{path} was written with other settings ({detail}){hints}; rerun with the same "
+    "settings, or choose another --outfile"
+  )
+
+
+def merge_parts(path: str | os.PathLike) -> int:
+  """Merges result file ``path`` and its part files into ``path``, rows sorted by idx.
+
+  The parts (``path.part-I-of-N``, written by the processes of a multi-process run)
+  are removed once ``path`` holds all their rows; a crash in between leaves rows in
+  both, which readers count once. The caller holds ``path``'s lock.
+
+  Returns:
+    The number of rows in the merged file (0 and nothing written if there are no parts).
+
+  Raises:
+    InputError: as :func:`smoothjax.result_reader.read_combined`, or the file cannot
+      be written.
+  """
+  path = os.fspath(path)
+  parts = part_paths(path)
+  if not parts:
+    return 0
+  combined = read_combined(path)
+  try:
+    if combined is not None:  # (None: parts cut off in their header, nothing to keep)
+      order = np.argsort(combined.parsed.idx, kind="stable")
+      text = combined.header + "\n" + "".join(combined.parsed.lines[i] + "\n" for i in order)
+      if combined.settings is not None:
+        settings = json.dumps(combined.settings, indent=2, sort_keys=True) + "\n"
+        _replace(settings_path(path), settings)
+      _replace(path, text)
+    for part in parts:
+      # The caller holds path's lock, so no live job writes these parts: a part's lock
+      # is a killed process's.
+      for file in (part, settings_path(part), lock_path(part)):
+        if os.path.lexists(file):
+          os.remove(file)
+  except OSError as e:
+    raise write_error(path, e) from None
+  return 0 if combined is None else len(combined.parsed.idx)
+
+
+def _replace(path: str, text: str) -> None:
+  """Writes ``text`` as the whole of ``path``, atomically (a crash leaves the old or the new)."""
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8", newline="") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
 
 
 def _short(value: Any, other: Any = None) -> str:

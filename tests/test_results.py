@@ -517,3 +517,83 @@ def test_settings_mismatch_shows_where_long_values_differ(tmp_path):
   with pytest.raises(InputError) as e:
     results.ResultWriter(path, results.CERTIFY_COLUMNS, settings=new)
   assert "sigma025" in str(e.value) and "sigma050" in str(e.value)
+
+
+# --------------------------------------------------------------------------
+# Results written by several processes: part files beside the result file.
+
+
+def write_parts(path, count, rows, settings=SETTINGS):
+  """Each process i of count writes rows[i::count] into its part, as smoothjax.shares does."""
+  for i in range(count):
+    part = results.part_path(path, i, count)
+    with ResultWriter(part, COLUMNS, settings=settings) as w:
+      for row in rows[i::count]:
+        w.write(row)
+
+
+def test_part_paths_find_only_parts_ordered_by_count_and_index(tmp_path):
+  path = tmp_path / "c.tsv"
+  write_parts(path, 3, [make_row(i) for i in range(6)])
+  write_parts(path, 2, [make_row(i) for i in range(6, 8)])
+  (tmp_path / "c.tsv.part-x-of-2").write_text("not a part")
+  (tmp_path / "d.tsv.part-0-of-2").write_text("another result's part")
+  names = [os.path.basename(p) for p in results.part_paths(path)]
+  assert names == [f"c.tsv.part-{i}-of-{n}" for n, i in ((2, 0), (2, 1), (3, 0), (3, 1), (3, 2))]
+  assert results.part_paths(tmp_path / "none.tsv") == []
+
+
+def test_parts_read_as_one_result_then_merge_sorted_and_removed(tmp_path, capsys):
+  path = tmp_path / "c.tsv"
+  rows = [make_row(i) for i in range(10)]
+  write_all(path, rows[:3])  # rows a single-process run wrote first
+  write_parts(path, 2, rows[3:8])
+  write_parts(path, 3, rows[8:])  # resumed on three processes
+  res = read_results(path)
+  assert sorted(res.idx.tolist()) == list(range(10)) and res.path == str(path)
+  assert results.read_settings(path) == SETTINGS
+  # A part killed while writing its header holds no rows and is skipped.
+  (tmp_path / "c.tsv.part-2-of-3").write_text("idx\tlab")
+  assert len(read_results(path)) == 10
+  assert results.merge_parts(path) == 10
+  assert sorted(os.listdir(tmp_path)) == ["c.tsv", "c.tsv.settings.json"]
+  uninterrupted = tmp_path / "u.tsv"
+  write_all(uninterrupted, rows)
+  assert path.read_bytes() == uninterrupted.read_bytes()  # sorted by idx, one header
+  assert json.loads(open(settings_path(path)).read()) == SETTINGS
+  assert results.merge_parts(path) == 0  # nothing left to merge
+  # Only parts (no result file yet): settings and rows come from them.
+  only = tmp_path / "only.tsv"
+  write_parts(only, 2, rows)
+  assert results.read_settings(only) == SETTINGS and len(read_results(only)) == 10
+  assert capsys.readouterr().err == ""
+
+
+def test_a_merge_cut_short_leaves_rows_that_count_once(tmp_path, capsys):
+  path = tmp_path / "c.tsv"
+  rows = [make_row(i) for i in range(6)]
+  write_parts(path, 2, rows)
+  write_all(path, rows)  # the merged file written, the parts not yet removed
+  assert sorted(read_results(path).idx.tolist()) == list(range(6))
+  assert "counted once" in capsys.readouterr().err
+  assert results.merge_parts(path) == 6 and not results.part_paths(path)
+
+
+def test_parts_that_disagree_are_refused(tmp_path):
+  path = tmp_path / "c.tsv"
+  write_parts(path, 2, [make_row(i) for i in range(4)])
+  other = dict(make_row(2), predict=make_row(2)["label"], correct=1, radius=0.5)
+  write_parts(path, 1, [other])
+  with pytest.raises(InputError, match="two different rows for idx 2"):
+    read_results(path)
+  os.remove(results.part_path(path, 0, 1))
+  write_parts(path, 1, [make_row(9)], settings=dict(SETTINGS, seed=1))
+  with pytest.raises(InputError, match="other settings, so they are not parts of one result"):
+    read_results(path)
+  os.remove(results.part_path(path, 0, 1))
+  with ResultWriter(results.part_path(path, 0, 1), CERTIFY_COLUMNS, settings=SETTINGS) as w:
+    w.write({k: v for k, v in make_row(9).items() if k in CERTIFY_COLUMNS})
+  with pytest.raises(InputError, match="columns .* not parts of one result"):
+    read_results(path)
+  with pytest.raises(InputError, match="missing.tsv does not exist"):
+    results.read_combined(tmp_path / "missing.tsv")

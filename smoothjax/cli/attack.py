@@ -46,12 +46,12 @@ from tqdm.auto import tqdm
 from smoothjax import (
   attacks,
   checkpointing,
-  locks,
   losses,
   noise,
   parallel,
   pictures,
   results,
+  shares,
   smoothing,
 )
 from smoothjax import data as data_lib
@@ -454,10 +454,12 @@ class _Evaluator:
 def run_attack(o: Options) -> dict:
   """Attacks (resuming) the inputs of ``o.workdir``'s split; writes ``o.outfile``.
 
-  Prints the progress and the table; with ``o.examples`` writes the picture.
+  Prints the progress and the table; with ``o.examples`` writes the picture. Under
+  ``jax.distributed`` each process attacks its share of the inputs into its own part
+  file and process 0 merges them, prints and draws (:mod:`smoothjax.shares`).
 
   Returns:
-    :func:`summarize` of the output file.
+    :func:`summarize` of the output file ({} on processes other than 0).
 
   Raises:
     InputError: bad settings (before anything is written), a missing workdir, or
@@ -487,21 +489,20 @@ def run_attack(o: Options) -> dict:
     )
   settings = _settings(o, model, meta, config, sigma)
   settings["noise"] = noise_dist.spec if noise_dist is not None else None
-  mesh = parallel.make_mesh() if jax.device_count() > 1 else None
+  # Each process attacks its share on its own devices (see smoothjax.shares).
+  local = jax.local_devices()
+  mesh = parallel.make_mesh(local) if len(local) > 1 else None
   evaluate = _Evaluator(o, model, split, noise_dist=noise_dist, mesh=mesh)
 
-  parent = os.path.dirname(o.outfile)
-  if parent:
-    os.makedirs(parent, exist_ok=True)
-  lock = locks.exclusive(results.lock_path(o.outfile), f"result file {o.outfile}")
   hints = {"model": "the checkpoint was retrained or replaced since the file was written"}
-  # The writer opens (and resumes) the file only once the lock is held.
-  with lock, results.ResultWriter(o.outfile, columns(o.eps), settings=settings, hints=hints) as w:
-    results.check_inputs_unchanged(w.existing, split, o.outfile, o.split)
-    todo = np.array([i for i in indices if int(i) not in w.done], dtype=np.int64)
-    if len(todo) < len(indices):
-      print(f"resuming: {len(indices) - len(todo)} of {len(indices)} inputs already in {o.outfile}")
-    with tqdm(total=len(todo), desc="attack", unit="input") as bar:
+  with shares.open_share(o.outfile, columns(o.eps), settings=settings, hints=hints) as share:
+    results.check_inputs_unchanged(share.to_check, split, o.outfile, o.split)
+    todo = share.todo(indices)
+    mine = len(parallel.process_share(indices, index=share.index, count=share.count))
+    if len(todo) < mine:
+      print(f"resuming: {mine - len(todo)} of {mine} inputs already in {o.outfile}")
+    desc = "attack" if share.count == 1 else f"attack [{share.index}/{share.count}]"
+    with tqdm(total=len(todo), desc=desc, unit="input") as bar:
       for start in range(0, len(todo), evaluate.size):
         idx = todo[start : start + evaluate.size]
         t0 = time.time()
@@ -516,9 +517,12 @@ def run_attack(o: Options) -> dict:
             out[f"correct_eps{eps_name(eps)}"] = int(adv_preds[j, row] == int(label))
           out["time"] = elapsed
           out[results.INPUT_HASH_COLUMN] = hashes[row]
-          w.write(out)
+          share.write(out)
         bar.update(len(idx))
 
+  if share.index != 0:
+    print(f"process {share.index}: its share is in {share.path}; process 0 merged the parts")
+    return {}
   summary = summarize(o.outfile)
   print(table({f"{os.path.basename(o.outfile)} ({describe(settings)})": summary}), end="")
   if o.examples:
@@ -599,10 +603,7 @@ def main(argv):
     if not flags.FLAGS[name].value:
       raise InputError(f"--{name} is required")
   options = options_from_flags()
-  parallel.initialize_distributed()
-  if jax.process_count() > 1:
-    # Every process would append the same rows to the one output file.
-    raise InputError("attack.py runs on one host (all its devices); start it without multi-host")
+  parallel.initialize_distributed(shutdown_timeout_seconds=shares.FINISH_TIMEOUT_SECONDS)
   run_attack(options)
 
 

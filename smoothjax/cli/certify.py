@@ -50,7 +50,7 @@ from absl import app, flags
 from flax import nnx
 from tqdm.auto import tqdm
 
-from smoothjax import analysis, checkpointing, locks, noise, parallel, results, smoothing
+from smoothjax import analysis, checkpointing, locks, noise, parallel, results, shares, smoothing
 from smoothjax import data as data_lib
 from smoothjax.cli.common import run_app
 from smoothjax.errors import InputError
@@ -334,7 +334,7 @@ def _select(num_inputs: int) -> np.ndarray:
 
 
 def certify_main():
-  _check_certify_flags(jax.device_count())
+  _check_certify_flags(jax.local_device_count())
   outfile = _OUTFILE.value
   predict_mode = _PREDICT.value
   model, config, info, meta = checkpointing.restore_model(_WORKDIR.value, _EPOCH.value)
@@ -393,21 +393,20 @@ def certify_main():
     "noise_scale": "the noise level (--sigma, default the training noise_sd) differs",
     "mode": "one file holds the certificates of one mode (--predict, --adaptive)",
   }
-  parent = os.path.dirname(outfile)
-  if parent:
-    os.makedirs(parent, exist_ok=True)
-  with locks.exclusive(results.lock_path(outfile), f"--outfile {outfile}"):
-    with results.ResultWriter(outfile, columns, settings=settings, hints=hints) as writer:
-      results.check_inputs_unchanged(writer.existing, split, outfile, _SPLIT.value)
-      _run(model, split, indices, writer, noise_dist, predict_mode)
-    if predict_mode:
-      res = results.read_results(outfile)
-      accuracy, abstain = np.mean(res.correct), np.mean(res.predict < 0)
-      print(f"accuracy {accuracy:.4f}, abstain {abstain:.4f} on {len(res.idx)} inputs")
-      return
-    if _ADAPTIVE.value:
-      _report_samples(results.read_results(outfile))
-    _report([outfile], _plot_path())
+  with shares.open_share(outfile, columns, settings=settings, hints=hints) as share:
+    results.check_inputs_unchanged(share.to_check, split, outfile, _SPLIT.value)
+    _run(model, split, indices, share, noise_dist, predict_mode)
+  if share.index != 0:
+    print(f"process {share.index}: its share is in {share.path}; process 0 merged the parts")
+    return
+  if predict_mode:
+    res = results.read_results(outfile)
+    accuracy, abstain = np.mean(res.correct), np.mean(res.predict < 0)
+    print(f"accuracy {accuracy:.4f}, abstain {abstain:.4f} on {len(res.idx)} inputs")
+    return
+  if _ADAPTIVE.value:
+    _report_samples(results.read_results(outfile))
+  _report([outfile], _plot_path())
 
 
 def _report_samples(res) -> None:
@@ -423,18 +422,27 @@ def _report_samples(res) -> None:
   print("stopped: " + ", ".join(f"{reason} {count}" for reason, count in stops.most_common()))
 
 
-def _run(model, split, indices, writer, noise_dist, predict_mode) -> None:
-  """Certifies (or predicts) the inputs of ``indices`` not in the file yet, writing each row."""
-  todo = np.array([i for i in indices if int(i) not in writer.done], dtype=np.int64)
-  if len(todo) < len(indices):
-    print(f"resuming: {len(indices) - len(todo)} of {len(indices)} inputs already in {writer.path}")
+def _run(model, split, indices, share, noise_dist, predict_mode) -> None:
+  """Certifies (or predicts) this process's share of ``indices`` not done yet, writing each row."""
+  todo = share.todo(indices)
+  mine = len(parallel.process_share(indices, index=share.index, count=share.count))
+  where = share.outfile if share.count == 1 else f"{share.outfile} and its parts"
+  if len(todo) < mine:
+    print(f"resuming: {mine - len(todo)} of {mine} inputs already in {where}")
+  if share.count > 1:
+    print(f"process {share.index} of {share.count}: {len(todo)} inputs into {share.path}")
   # The eval-mode model is a pytree: its weights are jit arguments, not compiled-in constants.
   logits_fn = model
-  mesh = parallel.make_mesh() if jax.device_count() > 1 else None
+  # Each process certifies on its own devices: no process waits on another between inputs.
+  local = jax.local_devices()
+  mesh = parallel.make_mesh(local) if len(local) > 1 else None
   base_key = jax.random.key(_SEED.value)
   group = _INPUTS.value
   common = dict(noise=noise_dist, alpha=_ALPHA.value, batch_size=_BATCH.value, mesh=mesh)
-  with tqdm(total=len(todo), desc="predict" if predict_mode else "certify", unit="input") as bar:
+  desc = "predict" if predict_mode else "certify"
+  if share.count > 1:
+    desc += f" [{share.index}/{share.count}]"
+  with tqdm(total=len(todo), desc=desc, unit="input") as bar:
     for start in range(0, len(todo), group):
       idx = todo[start : start + group]
       images, labels = split.get(idx)
@@ -483,7 +491,7 @@ def _run(model, split, indices, writer, noise_dist, predict_mode) -> None:
         row["correct"] = int(out["predict"] == int(label))
         row["time"] = elapsed
         row[results.INPUT_HASH_COLUMN] = digest
-        writer.write(row)
+        share.write(row)
       bar.update(len(idx))
 
 
@@ -562,16 +570,34 @@ def analyze_main(paths):
   _report(paths, _PLOT.value)
 
 
+def merge_main(paths):
+  """Merges the part files of a multi-process run into one TSV, rows sorted by idx."""
+  for name in (*_CERTIFY_ONLY, *_REPORT_ONLY):
+    if _present(name):
+      raise InputError(f"--{name} has no effect with merge; drop it")
+  if len(paths) != 1:
+    raise InputError("merge takes one result file: certify.py merge OUTFILE (the --outfile path)")
+  outfile = results.check_output_path(paths[0], "merge OUTFILE")
+  parts = results.part_paths(outfile)
+  if not parts:
+    if not os.path.lexists(outfile):
+      raise InputError(f"{outfile} does not exist and has no parts ({outfile}.part-I-of-N)")
+    print(f"{outfile} has no part files: nothing to merge")
+    return
+  with locks.exclusive(results.lock_path(outfile), f"--outfile {outfile}"):
+    rows = results.merge_parts(outfile)
+  print(f"merged {len(parts)} part files into {outfile}: {rows} rows, sorted by idx")
+
+
 def main(argv):
   args = argv[1:]
   if args and args[0] == "analyze":
     return analyze_main(args[1:])
-  if args:
-    raise app.UsageError(f"unexpected arguments {args}; did you mean 'analyze'?")
-  parallel.initialize_distributed()
-  if jax.process_count() > 1:
-    # Every process would append the same rows to the one output file.
-    raise InputError("certify.py runs on one host (all its devices); start it without multi-host")
+  if args and args[0] != "merge":
+    raise app.UsageError(f"unexpected arguments {args}; did you mean 'analyze' or 'merge'?")
+  if args and args[0] == "merge":
+    return merge_main(args[1:])
+  parallel.initialize_distributed(shutdown_timeout_seconds=shares.FINISH_TIMEOUT_SECONDS)
   return certify_main()
 
 

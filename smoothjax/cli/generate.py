@@ -33,6 +33,7 @@ starts from a random test image (of any class), ``uniform`` from uniform noise.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import json
@@ -47,7 +48,7 @@ from absl import app, flags
 from flax import nnx
 from tqdm.auto import tqdm
 
-from smoothjax import checkpointing, generation, hashing, locks, noise, parallel, pictures
+from smoothjax import checkpointing, generation, hashing, locks, noise, parallel, pictures, shares
 from smoothjax import data as data_lib
 from smoothjax.cli.common import run_app
 from smoothjax.errors import InputError
@@ -257,7 +258,7 @@ def _class_gaussians(o: Options, dataset, factor: int) -> generation.ClassGaussi
     chunks(), info.num_classes, image_shape=info.image_shape, factor=factor
   )
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp.npz"
+  tmp = f"{path}.tmp{os.getpid()}.npz"  # the processes of a job may fit it at once
   np.savez(tmp, dataset=np.asarray(info.name), size=np.asarray(len(split)), **fit.to_arrays())
   os.replace(tmp, path)
   return fit
@@ -400,7 +401,7 @@ def _read_parts(parts_dir: str) -> dict[tuple[int, int], dict]:
   return done
 
 
-def _check_settings(outdir: str, settings: dict) -> None:
+def _check_settings(outdir: str, settings: dict, *, write: bool = True) -> None:
   path = os.path.join(outdir, "settings.json")
   if os.path.isfile(path):
     try:
@@ -416,17 +417,22 @@ def _check_settings(outdir: str, settings: dict) -> None:
         f"{outdir} holds images generated with other settings ({what}){hint}; rerun with "
         "the same settings to resume, or choose another --outdir"
       )
+  if not write:
+    return
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(settings, f, indent=2, sort_keys=True)
   os.replace(tmp, path)
 
 
-def _write_part(parts_dir: str, number: int, arrays: dict) -> None:
-  path = os.path.join(parts_dir, f"part-{number:06d}.npz")
+def _write_part(parts_dir: str, prefix: str, number: int, arrays: dict) -> int:
+  """Writes a batch as the first free ``PREFIX<number>.npz`` from ``number`` on; returns next."""
+  while os.path.lexists(path := os.path.join(parts_dir, f"{prefix}{number:06d}.npz")):
+    number += 1
   tmp = path + ".tmp.npz"
   np.savez(tmp, **arrays)
   os.replace(tmp, path)
+  return number + 1
 
 
 def _summary(classes, targets, l2, confidence, judge_pred, seed_pred) -> dict:
@@ -466,8 +472,11 @@ def table(summary: dict) -> str:
 def run_generate(o: Options) -> dict:
   """Generates (resuming) ``o.per_class`` images of each class; writes ``o.outdir``.
 
+  Under ``jax.distributed`` each process generates its share of the images into its own
+  parts and process 0 writes the results once all have finished.
+
   Returns:
-    The summary (also in ``OUTDIR/summary.json``).
+    The summary (also in ``OUTDIR/summary.json``); {} on processes other than 0.
 
   Raises:
     InputError: bad settings (before anything is written), a missing workdir or
@@ -482,22 +491,35 @@ def run_generate(o: Options) -> dict:
   factor = _seed_factor(o, info)
   settings = _settings(o, model, meta, config, noise_dist, factor)
 
+  # Under jax.distributed each process generates its share of the images on its own
+  # devices into its own parts; process 0 holds the lock, and merges at the end.
+  index, count = jax.process_index(), jax.process_count()
   os.makedirs(o.outdir, exist_ok=True)
-  with locks.exclusive(os.path.join(o.outdir, "generate.lock"), f"output folder {o.outdir}"):
-    _check_settings(o.outdir, settings)
+  lock = os.path.join(o.outdir, "generate.lock")
+  held = locks.exclusive(lock, f"output folder {o.outdir}") if index == 0 else None
+  with held or contextlib.nullcontext():
+    if index == 0:
+      _check_settings(o.outdir, settings)
+    shares.meet(f"smoothjax {o.outdir} open", shares.START_TIMEOUT_SECONDS)
+    if index != 0:
+      _check_settings(o.outdir, settings, write=False)
     parts_dir = os.path.join(o.outdir, "parts")
     os.makedirs(parts_dir, exist_ok=True)
     done = _read_parts(parts_dir)
     wanted = [(c, j) for c in classes for j in range(o.per_class)]
-    todo = [p for p in wanted if p not in done]
-    if len(todo) < len(wanted):
-      print(f"resuming: {len(wanted) - len(todo)} of {len(wanted)} images already in {o.outdir}")
+    mine = parallel.process_share(wanted, index=index, count=count)
+    todo = [p for p in mine if p not in done]
+    if len(todo) < len(mine):
+      print(f"resuming: {len(mine) - len(todo)} of {len(mine)} images already in {o.outdir}")
     if todo:
       seeds_of = _Seeds(o, dataset, factor)
-      mesh = parallel.make_mesh() if jax.device_count() > 1 else None
+      local = jax.local_devices()
+      mesh = parallel.make_mesh(local) if len(local) > 1 else None
       generator = _Generator(o, model, noise_dist, mesh)
-      number = len(glob.glob(os.path.join(parts_dir, "part-*.npz")))
-      with tqdm(total=len(todo), desc="generate", unit="image") as bar:
+      prefix = "part-" if count == 1 else f"part-{index}-of-{count}-"
+      number = 0
+      desc = "generate" if count == 1 else f"generate [{index}/{count}]"
+      with tqdm(total=len(todo), desc=desc, unit="image") as bar:
         for start in range(0, len(todo), generator.size):
           pairs = np.asarray(todo[start : start + generator.size], np.int64)
           seed_keys, noise_keys, confidence_keys = _split_keys(
@@ -512,11 +534,16 @@ def run_generate(o: Options) -> dict:
             "index": pairs[:, 1],
             "confidence": confidence,
           }
-          _write_part(parts_dir, number, arrays)
-          number += 1
+          number = _write_part(parts_dir, prefix, number, arrays)
           for row, (c, j) in enumerate(pairs):
             done[(int(c), int(j))] = {k: v[row] for k, v in arrays.items()}
           bar.update(len(pairs))
+    if count > 1:
+      shares.meet(f"smoothjax {o.outdir} done", shares.FINISH_TIMEOUT_SECONDS)
+      if index != 0:
+        print(f"process {index}: its images are in {parts_dir}; process 0 writes the results")
+        return {}
+      done = _read_parts(parts_dir)  # every process's parts
     return _finish(o, classes, wanted, done, judge, info)
 
 
@@ -607,9 +634,7 @@ def main(argv):
   if argv[1:]:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   options = options_from_flags()
-  parallel.initialize_distributed()
-  if jax.process_count() > 1:
-    raise InputError("generate.py runs on one host (all its devices); start it without multi-host")
+  parallel.initialize_distributed(shutdown_timeout_seconds=shares.FINISH_TIMEOUT_SECONDS)
   run_generate(options)
 
 
