@@ -243,12 +243,17 @@ class Checkpointer:
   def restore_data(self, step: int, data_iterator) -> bool:
     """Restores this process's grain iterator state saved with checkpoint ``step``.
 
+    Every process of a job must call this, and all return the same (orbax restores
+    collectively).
+
     Returns:
-      True if it was restored; False if the checkpoint holds none for this process
-      (saved before there was one, or by a job of another process count).
+      True if it was restored; False if the checkpoint lacks the state of any process of
+      this job (saved before there was one, or by a job of another process count).
     """
-    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-    if not os.path.isfile(os.path.join(self.directory, str(step), "data", name)):
+    count = jax.process_count()
+    folder = os.path.join(self.directory, str(step), "data")
+    names = [f"process_{i}-of-{count}.json" for i in range(count)]
+    if not all(os.path.isfile(os.path.join(folder, name)) for name in names):
       return False
     args = ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator))
     try:

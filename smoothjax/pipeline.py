@@ -231,11 +231,12 @@ class TrainInput:
   @property
   def description(self) -> dict:
     """What a saved iterator state is valid for: a resume builds the iterator from it."""
+    # The same on every process of a job (meta is written by process 0 for all).
     return {
       "start": self.start,
       "workers": self.workers,
-      "rows": list(self.read.rows),
       "batch_size": self.read.batch_size,
+      "rows_per_process": self.read.rows[1] - self.read.rows[0],
     }
 
   def compatible(self, saved) -> bool:

@@ -328,7 +328,7 @@ def _train_input(config, ckpt, dataset, steps_per_epoch, mesh, start_step, meta)
   """This process's training input from ``start_step`` on.
 
   The iterator state saved with the checkpoint of ``start_step`` is restored when it was
-  saved by a job of the same shape (processes, rows, workers, batch size); otherwise the
+  saved by a job of the same shape (processes, workers, batch size); otherwise the
   input starts afresh at that step, which gives the same batches.
   """
 
