@@ -30,6 +30,7 @@ PROGRAM_TEST_FILES = frozenset(
     "test_fixedpoint.py",
     "test_generate_cli.py",
     "test_modes.py",
+    "test_multihost_training.py",
     "test_multiprocess.py",
     "test_noise_cli.py",
     "test_train_cli.py",
