@@ -21,9 +21,8 @@ def rows_without_time(path):
   return [[c for i, c in enumerate(ln) if i != drop] for ln in lines]
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("attack") / "run"
+def train_workdir(root):
+  workdir = root / "attack" / "run"
   train_tiny(workdir)
   return workdir
 
@@ -33,10 +32,9 @@ INPUTS = ("--skip=25",)
 EPS = "--eps=0,0.5,1.5"
 
 
-@pytest.fixture(scope="module")
-def pgd_and_fgsm(workdir, tmp_path_factory):
+def attack_pgd_and_fgsm(workdir, root):
   """The same inputs attacked by PGD and FGSM in l2; the PGD run also draws the picture."""
-  out = tmp_path_factory.mktemp("attacks")
+  out = root / "attacks"
   pgd, fgsm, png = out / "pgd.tsv", out / "fgsm.tsv", out / "pgd.png"
   pgd_run = run(
     "attack.py",
@@ -54,7 +52,7 @@ def pgd_and_fgsm(workdir, tmp_path_factory):
   return pgd, fgsm, png, pgd_run.stdout, fgsm_run.stdout
 
 
-def test_output_columns_and_settings(pgd_and_fgsm, workdir):
+def check_output_columns_and_settings(pgd_and_fgsm, workdir):
   pgd, *_ = pgd_and_fgsm
   header = pgd.read_text().splitlines()[0].split("\t")
   assert header == [
@@ -85,7 +83,7 @@ def test_output_columns_and_settings(pgd_and_fgsm, workdir):
   assert not (pgd.parent / "pgd.tsv.lock").exists()  # released at the end
 
 
-def test_pgd_lowers_accuracy_more_than_fgsm_and_eps_0_is_clean(pgd_and_fgsm):
+def check_pgd_lowers_accuracy_more_than_fgsm_and_eps_0_is_clean(pgd_and_fgsm):
   pgd, fgsm, _, pgd_out, fgsm_out = pgd_and_fgsm
   p, f = attack_cli.summarize(pgd), attack_cli.summarize(fgsm)
   assert p["inputs"] == f["inputs"] == 40 and p["eps"] == f["eps"] == [0.0, 0.5, 1.5]
@@ -108,7 +106,7 @@ def test_pgd_lowers_accuracy_more_than_fgsm_and_eps_0_is_clean(pgd_and_fgsm):
   assert "| fgsm.tsv (fgsm l2) |" in fgsm_out
 
 
-def test_examples_picture(pgd_and_fgsm):
+def check_examples_picture(pgd_and_fgsm):
   *_, png, pgd_out, _ = pgd_and_fgsm
   assert f"examples: {png}" in pgd_out
   image = matplotlib.image.imread(png)
@@ -117,7 +115,7 @@ def test_examples_picture(pgd_and_fgsm):
   assert image.shape[:2] == (round(rows), round(cols))
 
 
-def test_resume_after_a_kill_gives_the_same_file(workdir, pgd_and_fgsm, tmp_path):
+def check_resume_after_a_kill_gives_the_same_file(workdir, pgd_and_fgsm, tmp_path):
   pgd, *_ = pgd_and_fgsm
   part = tmp_path / "part.tsv"
   lines = pgd.read_text().splitlines(keepends=True)
@@ -140,7 +138,7 @@ def test_resume_after_a_kill_gives_the_same_file(workdir, pgd_and_fgsm, tmp_path
   assert rows_without_time(part) == rows_without_time(pgd)
 
 
-def test_resume_refuses_rows_of_other_inputs(workdir, pgd_and_fgsm, tmp_path):
+def check_resume_refuses_rows_of_other_inputs(workdir, pgd_and_fgsm, tmp_path):
   """A row whose input hash differs from the input now at its index (changed data)."""
   pgd, *_ = pgd_and_fgsm
   copy = tmp_path / "changed.tsv"
@@ -167,7 +165,7 @@ def test_resume_refuses_rows_of_other_inputs(workdir, pgd_and_fgsm, tmp_path):
   assert copy.read_text() == before
 
 
-def test_8_devices_write_the_same_file(workdir, tmp_path):
+def check_8_devices_write_the_same_file(workdir, tmp_path):
   one, eight = tmp_path / "one.tsv", tmp_path / "eight.tsv"
   args = (f"--workdir={workdir}", "--skip=100", "--eps=1", "--steps=5", "--batch=6")
   run("attack.py", f"--outfile={one}", *args)
@@ -176,7 +174,7 @@ def test_8_devices_write_the_same_file(workdir, tmp_path):
   assert len(rows_without_time(one)) == 1 + 10
 
 
-def test_refuses_to_mix_settings(workdir, pgd_and_fgsm, tmp_path):
+def check_refuses_to_mix_settings(workdir, pgd_and_fgsm, tmp_path):
   pgd, *_ = pgd_and_fgsm
   copy = tmp_path / "copy.tsv"
   copy.write_text(pgd.read_text())
@@ -197,7 +195,7 @@ def test_refuses_to_mix_settings(workdir, pgd_and_fgsm, tmp_path):
   assert copy.read_text() == pgd.read_text()
 
 
-def test_linf_pgd_stays_below_clean(workdir, tmp_path):
+def check_linf_pgd_stays_below_clean(workdir, tmp_path):
   out = tmp_path / "linf.tsv"
   run(
     "attack.py",
@@ -215,7 +213,7 @@ def test_linf_pgd_stays_below_clean(workdir, tmp_path):
   assert s["accuracy"][0] < s["clean_accuracy"] - 0.2
 
 
-def test_smoothed_attack_then_predict(workdir, tmp_path):
+def check_smoothed_attack_then_predict(workdir, tmp_path):
   out, png = tmp_path / "smoothed.tsv", tmp_path / "smoothed.png"
   args = (
     f"--workdir={workdir}",
@@ -309,7 +307,7 @@ def test_parse_eps(text, expected):
     assert attack_cli.parse_eps(text) == expected
 
 
-def test_missing_workdir_and_directory_outfile(workdir, tmp_path):
+def check_missing_workdir_and_directory_outfile(workdir, tmp_path):
   out = tmp_path / "x.tsv"
   proc = run("attack.py", f"--workdir={tmp_path / 'none'}", f"--outfile={out}", check=False)
   assert_one_line_error(proc, "no trained run")
@@ -349,3 +347,25 @@ def test_summarize_and_table_on_a_hand_written_file(tmp_path):
   empty.write_text(path.read_text().splitlines()[0] + "\n")
   with pytest.raises(InputError, match="no result rows"):
     attack_cli.summarize(empty)
+
+
+def test_attack_end_to_end(tmp_path):
+  """One test, so that the trained run and its attacks are built once whatever the xdist split."""
+  workdir = train_workdir(tmp_path)
+  pgd_and_fgsm = attack_pgd_and_fgsm(workdir, tmp_path)
+
+  def fresh(name):
+    folder = tmp_path / name
+    folder.mkdir()
+    return folder
+
+  check_output_columns_and_settings(pgd_and_fgsm, workdir)
+  check_pgd_lowers_accuracy_more_than_fgsm_and_eps_0_is_clean(pgd_and_fgsm)
+  check_examples_picture(pgd_and_fgsm)
+  check_resume_after_a_kill_gives_the_same_file(workdir, pgd_and_fgsm, fresh("kill"))
+  check_resume_refuses_rows_of_other_inputs(workdir, pgd_and_fgsm, fresh("other_inputs"))
+  check_8_devices_write_the_same_file(workdir, fresh("devices"))
+  check_refuses_to_mix_settings(workdir, pgd_and_fgsm, fresh("mix"))
+  check_linf_pgd_stays_below_clean(workdir, fresh("linf"))
+  check_smoothed_attack_then_predict(workdir, fresh("smoothed"))
+  check_missing_workdir_and_directory_outfile(workdir, fresh("missing"))

@@ -15,9 +15,8 @@ DIM = 28 * 28
 ARGS = ("--n0=20", "--n=400", "--alpha=0.01", "--batch=200", "--skip=199")
 
 
-@pytest.fixture(scope="module")
-def laplace_workdir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("laplace") / "run"
+def train_laplace(root):
+  workdir = root / "laplace" / "run"
   train_tiny(workdir, "--config.noise=laplace", "--config.noise_sd=0.5")
   return workdir
 
@@ -26,10 +25,9 @@ def _certify(workdir, out, *extra, check=True):
   return run("certify.py", f"--workdir={workdir}", f"--outfile={out}", *ARGS, *extra, check=check)
 
 
-@pytest.fixture(scope="module")
-def certified(laplace_workdir, tmp_path_factory):
+def certifier(laplace_workdir, root):
   """``certified(spec) -> (path, stdout)``: the workdir certified under ``spec``, once."""
-  root, done = tmp_path_factory.mktemp("certified"), {}
+  root, done = root / "certified", {}
 
   def get(spec):
     if spec not in done:
@@ -42,17 +40,17 @@ def certified(laplace_workdir, tmp_path_factory):
   return get
 
 
-def test_training_records_and_evaluates_under_its_noise(laplace_workdir):
+def check_training_records_and_evaluates_under_its_noise(laplace_workdir):
   config = json.loads((laplace_workdir / "config.json").read_text())
   assert config["noise"] == "laplace" and config["noise_sd"] == 0.5 and config["mode"] == "noise"
   metrics = json.loads((laplace_workdir / "metrics.jsonl").read_text().splitlines()[-1])
   assert metrics["noise"] == "laplace:0.5" and 0.3 < metrics["test_accuracy_noisy"] <= 1.0
 
 
-@pytest.mark.parametrize(
-  "spec", [None, "uniform:0.5", "expinf:0.5:k=1:j=0", "gaussian:0.5", "expinf:lambda=0.002:k=2"]
-)
-def test_certify_with_each_family_writes_radii_in_every_norm(certified, spec):
+FAMILIES = [None, "uniform:0.5", "expinf:0.5:k=1:j=0", "gaussian:0.5", "expinf:lambda=0.002:k=2"]
+
+
+def check_certify_writes_radii_in_every_norm(certified, spec):
   out, stdout = certified(spec)
   noise = noise_lib.parse(spec or "laplace:0.5", dim=DIM)
   settings = results.read_settings(str(out))
@@ -77,7 +75,7 @@ def test_certify_with_each_family_writes_radii_in_every_norm(certified, spec):
   np.testing.assert_allclose(res.radius, res.extra[f"radius_{noise.norm}"], atol=5e-5)
 
 
-def test_resuming_with_another_noise_is_refused(laplace_workdir, tmp_path):
+def check_resuming_with_another_noise_is_refused(laplace_workdir, tmp_path):
   out = tmp_path / "r.tsv"
   _certify(laplace_workdir, out, "--count=1")
   before = out.read_text()
@@ -89,24 +87,24 @@ def test_resuming_with_another_noise_is_refused(laplace_workdir, tmp_path):
   assert len(out.read_text().splitlines()) == 3
 
 
-@pytest.mark.parametrize(
-  ("extra", "message"),
-  [
-    # The flags alone are wrong: refused before the workdir is read.
-    (["--noise=laplace:-1"], "--noise laplace:-1: sigma must be a finite number > 0"),
-    (["--noise=uniform:0.5", "--sigma=0.25"], "sets its own scale, and sigma 0.25 is also given"),
-    # Wrong only for these inputs (d = 784): refused once the dataset is known.
-    (["--noise=expinf:0.5:j=783"], "j < d - 1 = 783"),
-  ],
-)
-def test_bad_noise_is_one_line_and_writes_nothing(laplace_workdir, tmp_path, extra, message):
-  out = tmp_path / "sub" / "bad.tsv"
-  proc = _certify(laplace_workdir, out, *extra, check=False)
-  assert_one_line_error(proc, message)
-  assert not (tmp_path / "sub").exists()
+BAD_NOISE = [
+  # The flags alone are wrong: refused before the workdir is read.
+  (["--noise=laplace:-1"], "--noise laplace:-1: sigma must be a finite number > 0"),
+  (["--noise=uniform:0.5", "--sigma=0.25"], "sets its own scale, and sigma 0.25 is also given"),
+  # Wrong only for these inputs (d = 784): refused once the dataset is known.
+  (["--noise=expinf:0.5:j=783"], "j < d - 1 = 783"),
+]
 
 
-def test_analyze_in_a_chosen_norm_mixes_families(certified, tmp_path):
+def check_bad_noise_is_one_line_and_writes_nothing(laplace_workdir, tmp_path):
+  for extra, message in BAD_NOISE:
+    out = tmp_path / "sub" / "bad.tsv"
+    proc = _certify(laplace_workdir, out, *extra, check=False)
+    assert_one_line_error(proc, message)
+    assert not (tmp_path / "sub").exists()
+
+
+def check_analyze_in_a_chosen_norm_mixes_families(certified, tmp_path):
   lap, gauss, uni = (certified(s)[0] for s in (None, "gaussian:0.5", "uniform:0.5"))
   plot = tmp_path / "l1.png"
   out = run("certify.py", "analyze", str(lap), str(gauss), str(uni), "--norm=l1", f"--plot={plot}")
@@ -162,7 +160,7 @@ def test_train_refuses_a_bad_noise_before_writing(tmp_path):
     assert not workdir.exists()
 
 
-def test_smoothed_attack_uses_the_runs_noise_in_l1(laplace_workdir, tmp_path):
+def check_smoothed_attack_uses_the_runs_noise_in_l1(laplace_workdir, tmp_path):
   out = tmp_path / "adv.tsv"
   proc = run(
     "attack.py",
@@ -187,3 +185,16 @@ def test_smoothed_attack_uses_the_runs_noise_in_l1(laplace_workdir, tmp_path):
   res = results.read_results(str(out))
   for eps in ("1", "4"):
     assert set(res.extra[f"correct_eps{eps}"]) <= {0, 1}
+
+
+def test_noise_families_end_to_end(tmp_path):
+  """One test, so that the Laplace run is trained once whatever the xdist split."""
+  workdir = train_laplace(tmp_path)
+  check_training_records_and_evaluates_under_its_noise(workdir)
+  certified = certifier(workdir, tmp_path)
+  for spec in FAMILIES:
+    check_certify_writes_radii_in_every_norm(certified, spec)
+  check_analyze_in_a_chosen_norm_mixes_families(certified, tmp_path)
+  check_resuming_with_another_noise_is_refused(workdir, tmp_path / "resume")
+  check_bad_noise_is_one_line_and_writes_nothing(workdir, tmp_path / "bad")
+  check_smoothed_attack_uses_the_runs_noise_in_l1(workdir, tmp_path / "attack")
