@@ -231,13 +231,10 @@ class TrainInput:
   @property
   def description(self) -> dict:
     """What a saved iterator state is valid for: a resume builds the iterator from it."""
-    # The same on every process of a job (meta is written by process 0 for all).
-    return {
-      "start": self.start,
-      "workers": self.workers,
-      "batch_size": self.read.batch_size,
-      "rows_per_process": self.read.rows[1] - self.read.rows[0],
-    }
+    # Only settings that are the same on every process of a job: meta is written by process
+    # 0 for all, and every process must come to the same decision (orbax restores
+    # collectively). The process count is in the names of the state files.
+    return {"start": self.start, "workers": self.workers, "batch_size": self.read.batch_size}
 
   def compatible(self, saved) -> bool:
     """Whether an iterator state saved with ``saved`` (a :attr:`description`) fits this one."""
