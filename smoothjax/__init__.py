@@ -3,10 +3,10 @@
 The pure core (``noise``, ``stats``, ``votes``, ``certificates``, ``sequential``,
 ``smoothing``, ``losses``, ``attacks``, ``generation``) works on any
 ``logits_fn(inputs) -> logits``; ``data``, ``models``, ``modes``, ``optim``,
-``training``, ``workdir``, ``checkpointing`` and ``parallel`` train and restore base
-classifiers; ``results``, ``result_reader``, ``outputs``, ``locks``, ``analysis`` and
-``pictures`` write, read, summarise and plot certificates and attacks; ``hashing``
-fingerprints models, checkpoints and inputs.
+``pipeline`` (training input), ``training``, ``workdir``, ``checkpointing`` and
+``parallel`` train and restore base classifiers; ``results``, ``result_reader``,
+``outputs``, ``locks``, ``analysis`` and ``pictures`` write, read, summarise and plot
+certificates and attacks; ``hashing`` fingerprints models, checkpoints and inputs.
 """
 
 from smoothjax import (
@@ -27,6 +27,7 @@ from smoothjax import (
   outputs,
   parallel,
   pictures,
+  pipeline,
   result_reader,
   results,
   sequential,
@@ -74,6 +75,7 @@ __all__ = [
   "outputs",
   "parallel",
   "pictures",
+  "pipeline",
   "predict",
   "predict_batch",
   "result_reader",
