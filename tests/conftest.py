@@ -39,11 +39,37 @@ PROGRAM_TEST_FILES = frozenset(
 )
 
 
+# The longest tests (about a minute or more each on 2 CPU cores), longest first. They run
+# first: xdist hands the first tests out to the workers in turn, so the long ones spread
+# over the workers and the many short ones fill in at the end, and no worker is left
+# running a long test alone while the other idles (longest processing time first).
+LONG_TESTS = (
+  "test_compare.py::test_compare_end_to_end",
+  "test_attack_cli.py::test_attack_end_to_end",
+  "test_noise_cli.py::test_noise_families_end_to_end",
+  "test_generate_cli.py::test_generate_end_to_end",
+  "test_multiprocess.py::test_certify_and_attack_on_several_processes",
+  "test_modes.py::test_every_mode_steps_the_same_on_8_devices_as_on_1",
+  "test_smoothing_multidevice.py::test_certify_batch_on_eight_devices_matches_single_device",
+  "test_fixedpoint.py::test_fine_tuning_end_to_end",
+  "test_cli.py::test_certify_adaptive_resumes_matches_on_8_devices",
+  "test_multihost_training.py::",
+  "test_training.py::test_train_step_on_8_devices_equals_single_device",
+  "test_sequential.py::test_end_to_end_coverage_on_an_analytic_classifier",
+)
+
+
+def _long_rank(item) -> int:
+  where = f"{item.path.name}::{item.name}"
+  return next((i for i, p in enumerate(LONG_TESTS) if where.startswith(p)), len(LONG_TESTS))
+
+
 def pytest_collection_modifyitems(config, items):
   del config
   for item in items:
     if item.path.name in PROGRAM_TEST_FILES:
       item.add_marker(pytest.mark.programs)
+  items.sort(key=_long_rank)  # stable: the other tests keep their order
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,17 +149,20 @@ def start_processes(args, num_processes: int, *, devices: int = 1, port: int | N
       JAX_NUM_PROCESSES=str(num_processes),
       JAX_PROCESS_ID=str(index),
     )
-    procs.append(
-      subprocess.Popen(
-        [sys.executable, *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-      )
-    )
+    procs.append(popen_python(args, env))
   return procs
+
+
+def popen_python(args, env):
+  """Starts ``python ARGS`` from the repository root in ``env``, stdout and stderr piped."""
+  return subprocess.Popen(
+    [sys.executable, *map(str, args)],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=env,
+    cwd=REPO_ROOT,
+  )
 
 
 def wait_processes(procs, *, what: str, check: bool = True, timeout: float = 600):

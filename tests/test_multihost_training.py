@@ -13,12 +13,10 @@ import datetime
 import json
 import os
 import socket
-import subprocess
-import sys
 
 import jax
 import numpy as np
-from conftest import REPO_ROOT, start_processes, wait_processes
+from conftest import REPO_ROOT, popen_python, start_processes, wait_processes
 from flax import nnx
 
 from smoothjax import checkpointing, data
@@ -141,16 +139,7 @@ def start_one_process(args, devices):
     PYTHONPATH=REPO_ROOT,
     XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
   )
-  return [
-    subprocess.Popen(
-      [sys.executable, *map(str, args)],
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-      env=env,
-      cwd=REPO_ROOT,
-    )
-  ]
+  return [popen_python(args, env)]
 
 
 def params_of(workdir):
