@@ -5,6 +5,8 @@ Multi-device tests run in a child process with 8 fake CPU devices
 (see :func:`run_with_devices`), because XLA_FLAGS must be set before JAX starts.
 """
 
+import fcntl
+import hashlib
 import os
 import socket
 import subprocess
@@ -222,6 +224,30 @@ def train_tiny(workdir, *overrides: str) -> None:
     "--config.progress=False",
     *overrides,
   )
+
+
+def tiny_run(tmp_path_factory, *overrides: str):
+  """A tiny CNN trained by :func:`train_tiny` with ``overrides``, once per test session.
+
+  The xdist workers of one session share it (the first to ask trains it, under a file
+  lock; the others wait and reuse it), so files that need the same trained run do not
+  each pay for it. Tests read it: one that changes a run copies it first.
+  """
+  base = tmp_path_factory.getbasetemp()
+  # The session's folder: the workers' basetemps lie in it under xdist.
+  root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  key = hashlib.sha256("\0".join(overrides).encode()).hexdigest()[:12]
+  workdir = root / f"tiny_run_{key}"
+  with open(root / f"tiny_run_{key}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (root / f"tiny_run_{key}.done").exists():
+      if workdir.exists():
+        import shutil
+
+        shutil.rmtree(workdir)  # a half-trained run of a worker that failed
+      train_tiny(workdir, *overrides)
+      (root / f"tiny_run_{key}.done").touch()
+  return workdir
 
 
 def cp_lower(k, n, alpha):

@@ -7,7 +7,7 @@ import json
 import matplotlib.image
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, run, train_tiny
+from conftest import assert_one_line_error, run, tiny_run
 
 from smoothjax import pictures, results
 from smoothjax.cli import attack as attack_cli
@@ -19,12 +19,6 @@ def rows_without_time(path):
     lines = [ln.rstrip("\n").split("\t") for ln in f]
   drop = lines[0].index("time")
   return [[c for i, c in enumerate(ln) if i != drop] for ln in lines]
-
-
-def train_workdir(root):
-  workdir = root / "attack" / "run"
-  train_tiny(workdir)
-  return workdir
 
 
 # 40 test digits, 4 of each class: every 25th index.
@@ -349,9 +343,9 @@ def test_summarize_and_table_on_a_hand_written_file(tmp_path):
     attack_cli.summarize(empty)
 
 
-def test_attack_end_to_end(tmp_path):
-  """One test, so that the trained run and its attacks are built once whatever the xdist split."""
-  workdir = train_workdir(tmp_path)
+def test_attack_end_to_end(tmp_path, tmp_path_factory):
+  """One test, so that the attacks are built once whatever the xdist split."""
+  workdir = tiny_run(tmp_path_factory)
   pgd_and_fgsm = attack_pgd_and_fgsm(workdir, tmp_path)
 
   def fresh(name):

@@ -11,16 +11,14 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, assert_one_line_error, run, run_python, train_tiny
+from conftest import REPO_ROOT, assert_one_line_error, run, run_python, tiny_run
 
 from smoothjax import results, smoothing
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("cli") / "run"
-  train_tiny(workdir)
-  return workdir
+  return tiny_run(tmp_path_factory)
 
 
 CERTIFY_ARGS = ("--n0=20", "--n=300", "--alpha=0.01", "--batch=128", "--skip=97")

@@ -7,7 +7,7 @@ import json
 import os
 
 import pytest
-from conftest import run, run_python, train_tiny
+from conftest import run, run_python, tiny_run, train_tiny
 
 from smoothjax import analysis, results
 from smoothjax.cli import attack as attack_cli
@@ -19,12 +19,10 @@ pytestmark = pytest.mark.slow
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("compare")
   workdirs = {}
-  for name, extra in (
-    ("standard", ["--config.mode=standard", "--config.noise_sd=0.0"]),
-    ("gaussian", []),
-  ):
-    workdirs[name] = root / name
-    train_tiny(workdirs[name], *extra)
+  workdirs["standard"] = root / "standard"
+  train_tiny(workdirs["standard"], "--config.mode=standard", "--config.noise_sd=0.0")
+  workdirs["gaussian"] = root / "gaussian"  # the session's tiny run (read only), by name
+  workdirs["gaussian"].symlink_to(tiny_run(tmp_path_factory), target_is_directory=True)
   return root, workdirs
 
 

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, run, run_processes, train_tiny
+from conftest import assert_one_line_error, run, run_processes, tiny_run, train_tiny
 
 # End-to-end runs (deselected by -m "not slow").
 pytestmark = pytest.mark.slow
@@ -16,9 +16,11 @@ pytestmark = pytest.mark.slow
 STEPS = ["--steps=4", "--eps=3.0"]
 
 
-def make_workdirs(root):
+def make_workdirs(root, tmp_path_factory):
   run_dir, judge = str(root / "run"), str(root / "judge")
-  train_tiny(run_dir)  # Gaussian noise, sigma 0.25
+  # A copy of the session's tiny run (Gaussian noise, sigma 0.25): generate.py caches its
+  # seed Gaussians in the workdir.
+  shutil.copytree(tiny_run(tmp_path_factory), run_dir)
   train_tiny(judge, "--config.seed=1", "--config.mode=standard", "--config.noise_sd=0.0")
   return root, run_dir, judge
 
@@ -205,7 +207,7 @@ def check_bad_input(workdirs, tmp_path):
 def test_generate_end_to_end(tmp_path_factory):
   """One test, so that the trained runs are built once whatever the xdist split."""
   root = tmp_path_factory.mktemp("generate")
-  workdirs = make_workdirs(root)
+  workdirs = make_workdirs(root, tmp_path_factory)
   generated = generate_first(workdirs)
   check_outputs(generated)
   check_resume_and_independence(generated, workdirs)
