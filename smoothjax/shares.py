@@ -64,15 +64,18 @@ class Share:
     self.to_check = writer.existing
     if others is not None:
       self.done |= set(others.idx.tolist())
-      if self.to_check is not None and len(others):
-        mine = np.zeros(len(others), bool)
+      if self.to_check is not None and len(others.idx):
+        mine = np.zeros(len(others.idx), bool)
         mine[np.argsort(others.idx, kind="stable")[index::count]] = True
-        self.to_check = _concat(self.to_check, _rows(others, mine))
+        self.to_check = _concat(self.to_check, _rows(others.results, mine))
+
+  def mine(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+    """This process's share of ``indices`` (:func:`smoothjax.parallel.process_share`)."""
+    return parallel.process_share(np.asarray(indices), index=self.index, count=self.count)
 
   def todo(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
     """This process's share of ``indices`` that is not done yet, in order."""
-    share = parallel.process_share(np.asarray(indices), index=self.index, count=self.count)
-    return np.array([i for i in share if int(i) not in self.done], dtype=np.int64)
+    return np.array([i for i in self.mine(indices) if int(i) not in self.done], dtype=np.int64)
 
   def write(self, row: Mapping[str, Any]) -> None:
     """Appends one row to this process's file (see :meth:`ResultWriter.write`)."""
@@ -104,13 +107,8 @@ def _concat(a: results.Results, b: results.Results) -> results.Results:
   )
 
 
-def _read_others(outfile: str, own: str, columns, settings, hints) -> results.Results | None:
-  """The rows of ``outfile`` and its parts other than ``own``, checked against this run."""
-  others = [p for p in results.part_paths(outfile) if os.path.abspath(p) != os.path.abspath(own)]
-  if os.path.abspath(outfile) != os.path.abspath(own) and os.path.lexists(outfile):
-    others.insert(0, outfile)
-  if not others:
-    return None
+def _read_others(outfile: str, own: str, columns, settings, hints):
+  """The rows of ``outfile`` and its parts but ``own`` (None: none), checked against this run."""
   combined = results.read_combined(outfile, exclude=[own])
   if combined is None:
     return None
@@ -129,9 +127,7 @@ def _read_others(outfile: str, own: str, columns, settings, hints) -> results.Re
     problem = results.settings_mismatch(combined.files[0], combined.settings, settings, hints)
     if problem:
       raise InputError(problem)
-  if combined.parsed.results is None:
-    return results.Results(rows, rows, rows, np.zeros(len(rows)), rows, {}, outfile)
-  return combined.parsed.results
+  return combined.parsed
 
 
 @contextlib.contextmanager

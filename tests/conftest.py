@@ -197,6 +197,26 @@ def run_processes(args, num_processes: int, *, what: str, check: bool = True, de
   return wait_processes(procs, what=what, check=check)
 
 
+# The end of a child-process driver that runs a program's main on each case of the JSON
+# file sys.argv[1] in one process, recording each case's exit status and stderr into the
+# JSON file sys.argv[2]. The driver's start imports what it needs and defines ``call(case)``.
+IN_PROCESS_CASES = """
+outcomes = []
+for case in json.load(open(sys.argv[1])):
+  err = io.StringIO()
+  code = 0
+  with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    try:
+      call(case)
+    except SystemExit as e:
+      code = e.code
+    except Exception as e:
+      code = f"{type(e).__name__}: {e}"
+  outcomes.append({"code": code, "stderr": err.getvalue()})
+json.dump(outcomes, open(sys.argv[2], "w"))
+"""
+
+
 def run(script: str, *args, check: bool = True, devices: int = 1):
   """Runs one of the programs (``train.py``, ``certify.py``, ...) as a user would."""
   return run_python(

@@ -11,7 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, assert_one_line_error, run, run_python, tiny_run
+from conftest import IN_PROCESS_CASES, REPO_ROOT, assert_one_line_error, run, run_python, tiny_run
 
 from smoothjax import results, smoothing
 
@@ -357,7 +357,8 @@ def test_demo_names_certificates_by_model_and_samples():
 
 # The bad-input table: every flag of certify.py, analyze and demo.py. All cases run in one
 # child process (flags reset between cases) to keep the table fast.
-_DRIVER = """
+_DRIVER = (
+  """
 import contextlib, importlib.util, io, json, os, sys
 from absl import flags
 from smoothjax.cli import certify, common
@@ -370,24 +371,17 @@ def never(cmd):
   raise RuntimeError("demo.py ran " + cmd[1] + " despite a bad argument")
 
 demo._run = never
-outcomes = []
-for prog, argv in json.load(open(sys.argv[1])):
-  err = io.StringIO()
-  code = 0
-  with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-    try:
-      if prog == "demo":
-        demo.main(argv)
-      else:
-        flags.FLAGS.unparse_flags()
-        common.run_main(certify.main)(common.parse_flags(["certify.py", *argv]))
-    except SystemExit as e:
-      code = e.code
-    except Exception as e:
-      code = f"{type(e).__name__}: {e}"
-  outcomes.append({"code": code, "stderr": err.getvalue()})
-json.dump(outcomes, open(sys.argv[2], "w"))
+
+def call(case):
+  prog, argv = case
+  if prog == "demo":
+    demo.main(argv)
+  else:
+    flags.FLAGS.unparse_flags()
+    common.run_main(certify.main)(common.parse_flags(["certify.py", *argv]))
 """
+  + IN_PROCESS_CASES
+)
 
 _CERTIFY = "certify"
 BAD_INPUTS = [

@@ -7,7 +7,7 @@ import json
 import os
 
 import pytest
-from conftest import run, run_python, tiny_run, train_tiny
+from conftest import IN_PROCESS_CASES, run, run_python, tiny_run, train_tiny
 
 from smoothjax import analysis, results
 from smoothjax.cli import attack as attack_cli
@@ -109,26 +109,18 @@ BAD_INPUTS = [
 
 # Runs compare.py's main on each argument list in one process, as the program does
 # (one-line errors, exit status), recording the status and stderr of each.
-_DRIVER = """
+_DRIVER = (
+  """
 import contextlib, io, json, sys
 from absl import flags
 from smoothjax.cli import common, compare
 
-outcomes = []
-for argv in json.load(open(sys.argv[1])):
-  err = io.StringIO()
-  code = 0
-  with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-    try:
-      flags.FLAGS.unparse_flags()
-      common.run_main(compare.main)(common.parse_flags(["compare.py", *argv]))
-    except SystemExit as e:
-      code = e.code
-    except Exception as e:
-      code = f"{type(e).__name__}: {e}"
-  outcomes.append({"code": code, "stderr": err.getvalue()})
-json.dump(outcomes, open(sys.argv[2], "w"))
+def call(argv):
+  flags.FLAGS.unparse_flags()
+  common.run_main(compare.main)(common.parse_flags(["compare.py", *argv]))
 """
+  + IN_PROCESS_CASES
+)
 
 
 def check_bad_input_is_one_line_and_writes_nothing(runs):

@@ -498,7 +498,7 @@ def run_attack(o: Options) -> dict:
   with shares.open_share(o.outfile, columns(o.eps), settings=settings, hints=hints) as share:
     results.check_inputs_unchanged(share.to_check, split, o.outfile, o.split)
     todo = share.todo(indices)
-    mine = len(parallel.process_share(indices, index=share.index, count=share.count))
+    mine = len(share.mine(indices))
     if len(todo) < mine:
       print(f"resuming: {mine - len(todo)} of {mine} inputs already in {o.outfile}")
     desc = "attack" if share.count == 1 else f"attack [{share.index}/{share.count}]"

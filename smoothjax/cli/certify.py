@@ -425,7 +425,7 @@ def _report_samples(res) -> None:
 def _run(model, split, indices, share, noise_dist, predict_mode) -> None:
   """Certifies (or predicts) this process's share of ``indices`` not done yet, writing each row."""
   todo = share.todo(indices)
-  mine = len(parallel.process_share(indices, index=share.index, count=share.count))
+  mine = len(share.mine(indices))
   where = share.outfile if share.count == 1 else f"{share.outfile} and its parts"
   if len(todo) < mine:
     print(f"resuming: {mine - len(todo)} of {mine} inputs already in {where}")
