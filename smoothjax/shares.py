@@ -162,8 +162,9 @@ def open_share(
     if path != outfile:
       part_lock = locks.acquire(results.lock_path(path), f"--outfile part {path}")
     try:
+      # The other files first: one that refuses this run must leave nothing written.
+      others = _read_others(outfile, path, columns, settings, hints or {})
       with results.ResultWriter(path, columns, settings=settings, hints=hints) as writer:
-        others = _read_others(outfile, path, columns, settings, hints or {})
         meet(f"smoothjax {outfile} open", START_TIMEOUT_SECONDS)
         yield Share(outfile, writer, others, index, count)
     finally:

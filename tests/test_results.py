@@ -597,3 +597,21 @@ def test_parts_that_disagree_are_refused(tmp_path):
     read_results(path)
   with pytest.raises(InputError, match="missing.tsv does not exist"):
     results.read_combined(tmp_path / "missing.tsv")
+
+
+def test_a_share_refused_by_the_other_files_writes_nothing(tmp_path):
+  from smoothjax import shares
+
+  path = tmp_path / "c.tsv"
+  write_parts(path, 2, [make_row(i) for i in range(4)])
+  before = sorted(os.listdir(tmp_path))
+  with pytest.raises(InputError, match=r"c.tsv.part-0-of-2 was written with other settings \(n: "):
+    with shares.open_share(str(path), COLUMNS, settings=dict(SETTINGS, n=2000)):
+      pass
+  assert sorted(os.listdir(tmp_path)) == before  # no result file, settings or lock
+  # The same settings: the parts' rows are done, and the end merges them.
+  with shares.open_share(str(path), COLUMNS, settings=SETTINGS) as share:
+    assert share.done == set(range(4)) and list(share.todo(range(6))) == [4, 5]
+    share.write(make_row(4))
+  assert sorted(read_results(path).idx.tolist()) == list(range(5))
+  assert results.part_paths(path) == [] and not os.path.exists(f"{path}.lock")
