@@ -322,11 +322,13 @@ def read_combined(path: str | os.PathLike, *, exclude: Sequence[str] = ()) -> Co
   parts. The files must share their header and their settings.
 
   Args:
-    path: the result file; it need not exist if it has parts.
+    path: the result file; it need not exist if it has parts, or if ``exclude`` is
+      given (a writer that reads the others before creating its own file).
     exclude: files to leave out (a writer reads the others beside its own part).
 
   Returns:
-    The rows, or None if every file left is a part cut off in its header line.
+    The rows, or None if no file is left or every file left is a part cut off in its
+    header line.
 
   Raises:
     InputError: as :func:`read_results`; also parts with another header or other
@@ -335,7 +337,7 @@ def read_combined(path: str | os.PathLike, *, exclude: Sequence[str] = ()) -> Co
   path = os.fspath(path)
   excluded = {os.path.abspath(p) for p in exclude}
   parts = outputs.part_paths(path)
-  files = [path] if os.path.lexists(path) or not parts else []
+  files = [path] if os.path.lexists(path) or not (parts or excluded) else []
   files = [f for f in files + parts if os.path.abspath(f) not in excluded]
   header, settings_of, lines, chunks = None, None, [], []
   for file in files:

@@ -46,14 +46,21 @@ def test_certify_and_attack_on_several_processes_match_one_and_survive_a_kill(
   killed = tmp_path / "killed" / "out.tsv"
   procs = start_processes([*certify, *select, f"--outfile={killed}"], 4)
   parts = [results.part_path(killed, i, 4) for i in range(4)]
-  deadline = time.time() + 300
-  while time.time() < deadline and not all(os.path.exists(p) and data_lines(p) >= 2 for p in parts):
-    if any(p.poll() is not None for p in procs):
+  deadline = time.time() + 600
+  started = False
+  while time.time() < deadline and not any(p.poll() is not None for p in procs):
+    if all(os.path.exists(p) and data_lines(p) >= 2 for p in parts):
+      started = True
       break
     time.sleep(0.01)
   for i in (1, 0, 2, 3):
     procs[i].send_signal(signal.SIGKILL)
-  wait_processes(procs, what="killed certify", check=False)
+  outcomes = wait_processes(procs, what="killed certify", check=False)
+  if not started:
+    report = "\n".join(
+      f"--- process {i} ({code}):\n{out}\n{err}" for i, (code, out, err) in enumerate(outcomes)
+    )
+    raise AssertionError(f"the 4 processes had not each written 2 rows before the kill:\n{report}")
   written = [data_lines(p) for p in parts]
   assert all(w >= 2 for w in written) and sum(written) < 40, written
   # Readers take the parts as one result meanwhile.

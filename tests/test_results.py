@@ -597,6 +597,9 @@ def test_parts_that_disagree_are_refused(tmp_path):
     read_results(path)
   with pytest.raises(InputError, match="missing.tsv does not exist"):
     results.read_combined(tmp_path / "missing.tsv")
+  # A process of a fresh job reads the others before creating its own part: none yet.
+  own = results.part_path(tmp_path / "missing.tsv", 0, 2)
+  assert results.read_combined(tmp_path / "missing.tsv", exclude=[own]) is None
 
 
 def test_a_share_refused_by_the_other_files_writes_nothing(tmp_path):
