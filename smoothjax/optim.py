@@ -15,8 +15,9 @@ import jax
 import ml_collections
 import optax
 
-from smoothjax import augment, models, modes, pipeline
+from smoothjax import augment, models, modes, numerics, pipeline
 from smoothjax.errors import InputError
+from smoothjax.models import transforms
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "multistep", "cosine")
@@ -86,6 +87,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for name, default, low in (("data_workers", 0, 0), ("data_prefetch", 2, 1)):
     value = config.get(name, default)
     need(_is_int(value) and value >= low, f"{name} must be an integer >= {low}, got {value!r}")
+  dtype = config.get("compute_dtype", "float32")
+  need(
+    dtype in transforms.COMPUTE_DTYPES,
+    f"unknown compute_dtype {dtype!r}; choose one of {list(transforms.COMPUTE_DTYPES)}",
+  )
+  precision = config.get("precision", "default")
+  need(
+    precision in numerics.PRECISIONS,
+    f"unknown precision {precision!r}; choose one of {list(numerics.PRECISIONS)}",
+  )
+  need(
+    isinstance(config.get("deterministic", False), bool),
+    f"deterministic must be True or False, got {config.get('deterministic')!r}",
+  )
   host = config.get("host_transform", "auto")
   need(
     host in pipeline.HOST_TRANSFORMS,

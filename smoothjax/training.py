@@ -43,10 +43,11 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from smoothjax import augment, checkpointing, locks, models, modes, parallel, pipeline
+from smoothjax import augment, checkpointing, locks, models, modes, numerics, parallel, pipeline
 from smoothjax import data as data_lib
 from smoothjax import workdir as workdir_lib
 from smoothjax.errors import InputError
+from smoothjax.models import transforms
 from smoothjax.optim import (
   OPTIMIZERS,
   REQUIRED_FIELDS,
@@ -140,7 +141,10 @@ class Trainer:
 
 
 def make_trainer(config, info: data_lib.DatasetInfo, steps_per_epoch: int) -> Trainer:
-  model = models.from_config(config, info, seed=config.seed)
+  # Mixed precision with compute_dtype bfloat16: bfloat16 activations and products, float32
+  # parameters, optimiser state and loss (the models return float32 logits).
+  dtype = transforms.compute_dtype(config.get("compute_dtype", "float32"))
+  model = models.from_config(config, info, seed=config.seed, dtype=dtype)
   optimizer = nnx.Optimizer(model, make_optimizer(config, steps_per_epoch), wrt=nnx.Param)
   return Trainer(config, model, optimizer)
 
@@ -230,6 +234,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
       a run that diverged.
   """
   validate_config(config)
+  numerics.configure(
+    precision=config.get("precision", "default"),
+    deterministic=bool(config.get("deterministic", False)),
+  )
   dataset = data_lib.load(config.dataset, data_dir=config.get("data_dir") or None)
   train_split, test_split = dataset.split("train"), dataset.split(config.get("eval_split", "test"))
   if config.batch_size > len(train_split):

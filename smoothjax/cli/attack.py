@@ -48,6 +48,7 @@ from smoothjax import (
   checkpointing,
   losses,
   noise,
+  numerics,
   parallel,
   pictures,
   results,
@@ -55,8 +56,9 @@ from smoothjax import (
   smoothing,
 )
 from smoothjax import data as data_lib
-from smoothjax.cli.common import run_app
+from smoothjax.cli.common import EvaluationFlags, define_evaluation_flags, run_app
 from smoothjax.errors import InputError
+from smoothjax.models import transforms
 
 ATTACKS = ("fgsm", "pgd")
 NORMS = attacks.NORMS
@@ -94,6 +96,9 @@ class Options:
   sigma: float | None = None
   n: int = 100
   alpha: float = 0.001
+  dtype: str = "float32"
+  fold_batchnorm: bool = True
+  precision: str = "default"
 
 
 # --------------------------------------------------------------------------
@@ -255,6 +260,8 @@ def check_options(o: Options) -> Options:
   if o.attack not in ATTACKS:
     raise InputError(f"unknown --attack {o.attack!r}; choose one of: {', '.join(ATTACKS)}")
   o = dataclasses.replace(o, eps=_check_eps(o.eps))
+  transforms.compute_dtype(o.dtype)
+  numerics.check_precision(o.precision)
   for name in ("steps", "restarts", "batch", "skip"):
     if getattr(o, name) < 1:
       raise InputError(f"--{name} must be >= 1, got {getattr(o, name)}")
@@ -310,7 +317,10 @@ def select_indices(size: int, skip: int, max_index: int, count: int | None = Non
 
 
 def _settings(o: Options, model, meta, config, sigma) -> dict:
-  """What the rows depend on: a resumed file must have been written with the same."""
+  """What the rows depend on: a resumed file must have been written with the same.
+
+  ``model`` is the trained model as restored (its fingerprint), before folding.
+  """
   fgsm = o.attack == "fgsm"
   return {
     "program": "attack",
@@ -318,6 +328,9 @@ def _settings(o: Options, model, meta, config, sigma) -> dict:
     "epoch": int(meta["epoch"]),
     "step": int(meta["step"]),
     "model": results.fingerprint(nnx.state(model)),
+    "compute_dtype": o.dtype,
+    "fold_batchnorm": bool(o.fold_batchnorm),
+    "precision": o.precision,
     "dataset": config.dataset,
     "split": o.split,
     "smoothed": o.smoothed,
@@ -466,6 +479,13 @@ def run_attack(o: Options) -> dict:
       an output file written with other settings.
   """
   o = check_options(o)
+  if o.precision == "default":
+    return _run_attack(o)
+  with jax.default_matmul_precision(o.precision):
+    return _run_attack(o)
+
+
+def _run_attack(o: Options) -> dict:
   model, config, _, meta = checkpointing.restore_model(o.workdir, o.epoch)
   sigma = noise_dist = None
   dataset = data_lib.load(config.dataset, data_dir=config.get("data_dir") or None)
@@ -489,12 +509,16 @@ def run_attack(o: Options) -> dict:
     )
   settings = _settings(o, model, meta, config, sigma)
   settings["noise"] = noise_dist.spec if noise_dist is not None else None
+  model = transforms.for_inference(model, fold=o.fold_batchnorm, dtype=o.dtype)
   # Each process attacks its share on its own devices (see smoothjax.shares).
   local = jax.local_devices()
   mesh = parallel.make_mesh(local) if len(local) > 1 else None
   evaluate = _Evaluator(o, model, split, noise_dist=noise_dist, mesh=mesh)
 
-  hints = {"model": "the checkpoint was retrained or replaced since the file was written"}
+  hints = {
+    "model": "the checkpoint was retrained or replaced since the file was written",
+    **EvaluationFlags.hints,
+  }
   with shares.open_share(o.outfile, columns(o.eps), settings=settings, hints=hints) as share:
     results.check_inputs_unchanged(share.to_check, split, o.outfile, o.split)
     todo = share.todo(indices)
@@ -586,6 +610,7 @@ def _define_flags() -> None:
   flags.DEFINE_float("sigma", None, "--smoothed: noise level; default the training noise_sd.")
   flags.DEFINE_integer("n", d["n"].default, "--smoothed: PREDICT's noise samples per input.")
   flags.DEFINE_float("alpha", d["alpha"].default, "--smoothed: PREDICT's abstention level.")
+  define_evaluation_flags()  # --dtype, --fold_batchnorm, --precision, --deterministic
 
 
 def options_from_flags() -> Options:
@@ -603,6 +628,7 @@ def main(argv):
     if not flags.FLAGS[name].value:
       raise InputError(f"--{name} is required")
   options = options_from_flags()
+  numerics.configure(precision=options.precision, deterministic=flags.FLAGS.deterministic)
   parallel.initialize_distributed(shutdown_timeout_seconds=shares.FINISH_TIMEOUT_SECONDS)
   run_attack(options)
 

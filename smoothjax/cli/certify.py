@@ -50,9 +50,19 @@ from absl import app, flags
 from flax import nnx
 from tqdm.auto import tqdm
 
-from smoothjax import analysis, checkpointing, locks, noise, parallel, results, shares, smoothing
+from smoothjax import (
+  analysis,
+  checkpointing,
+  locks,
+  noise,
+  parallel,
+  results,
+  shares,
+  sizing,
+  smoothing,
+)
 from smoothjax import data as data_lib
-from smoothjax.cli.common import run_app
+from smoothjax.cli.common import define_evaluation_flags, run_app
 from smoothjax.errors import InputError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained run to certify (from train.py).")
@@ -60,9 +70,17 @@ _OUTFILE = flags.DEFINE_string("outfile", None, "Output TSV; an existing one is 
 _N0 = flags.DEFINE_integer("n0", 100, "Noise samples to select the top class.")
 _N = flags.DEFINE_integer("n", 100_000, "Noise samples to estimate its probability.")
 _ALPHA = flags.DEFINE_float("alpha", 0.001, "Failure probability of each certificate.")
-_BATCH = flags.DEFINE_integer("batch", 1000, "Forward passes per device step.")
+_BATCH = flags.DEFINE_integer(
+  "batch",
+  None,
+  "Forward passes per step, over this process's devices. Default: as many as half the free "
+  f"device memory holds (measured on the model), {sizing.CPU_BATCH} on CPUs.",
+)
 _INPUTS = flags.DEFINE_integer(
-  "inputs_per_step", 1, "Inputs certified together per step (larger helps accelerators)."
+  "inputs_per_step",
+  None,
+  "Inputs certified together per step (larger helps accelerators). Default: 1 on CPUs, "
+  f"{sizing.ACCELERATOR_INPUTS} on accelerators.",
 )
 _SKIP = flags.DEFINE_integer("skip", 1, "Certify every skip-th input.")
 _MAX = flags.DEFINE_integer(
@@ -104,6 +122,7 @@ _FIRST_LOOK = flags.DEFINE_integer("first_look", 100, "With --adaptive: samples 
 _PLOT = flags.DEFINE_string("plot", None, "PNG path for the plot (default: OUTFILE.png).")
 _FORMAT = flags.DEFINE_enum("format", "markdown", ["markdown", "latex", "tsv"], "Table format.")
 _MAX_RADIUS = flags.DEFINE_float("max_radius", None, "Largest radius in table and plot.")
+_EVALUATION = define_evaluation_flags()
 _NORM = flags.DEFINE_enum(
   "norm",
   None,
@@ -142,6 +161,10 @@ _CERTIFY_ONLY = (
   "epoch",
   "predict",
   "adaptive",
+  "dtype",
+  "fold_batchnorm",
+  "precision",
+  "deterministic",
   *_ADAPTIVE_ONLY,
 )
 _REPORT_ONLY = ("plot", "format", "max_radius", "norm")
@@ -174,9 +197,9 @@ def _check_certify_flags(num_devices: int) -> None:
   _check_adaptive_flags()
   if not 0 < _ALPHA.value < 1:
     raise InputError(f"--alpha must be in (0, 1), got {_ALPHA.value}")
-  if _BATCH.value < 1:
+  if _BATCH.value is not None and _BATCH.value < 1:
     raise InputError(f"--batch must be >= 1, got {_BATCH.value}")
-  if _INPUTS.value < 1:
+  if _INPUTS.value is not None and _INPUTS.value < 1:
     raise InputError(f"--inputs_per_step must be >= 1, got {_INPUTS.value}")
   if _SKIP.value < 1:
     raise InputError(f"--skip must be >= 1, got {_SKIP.value}")
@@ -195,18 +218,19 @@ def _check_certify_flags(num_devices: int) -> None:
   if _EPOCH.value is not None and _EPOCH.value < 0:
     raise InputError(f"--epoch must be >= 0, got {_EPOCH.value}")
   # One vote-counting call takes inputs_per_step inputs of n0 + n samples each, padded by a batch.
-  samples = _N.value if predict else _N0.value + _n()
-  per_call = _INPUTS.value * samples
-  batch = -(-min(_BATCH.value, per_call) // num_devices) * num_devices
+  samples = _samples()
+  per_call = _inputs_per_step() * samples
+  most = _BATCH.value or sizing.MAX_BATCH_PER_DEVICE * num_devices
+  batch = -(-min(most, per_call) // num_devices) * num_devices
   if per_call + batch > _MAX_PASSES_PER_CALL:
     limit = _MAX_PASSES_PER_CALL - batch
-    if _INPUTS.value == 1:
+    if _inputs_per_step() == 1:
       raise InputError(
         f"{samples} noise samples per input (--n{'' if predict else ' plus --n0'}) are more "
         f"forward passes than one step can count ({limit}); lower --n"
       )
     raise InputError(
-      f"--inputs_per_step {_INPUTS.value} inputs of {samples} noise samples are {per_call} "
+      f"--inputs_per_step {_inputs_per_step()} inputs of {samples} noise samples are {per_call} "
       f"forward passes in one step, more than it can count ({limit}); lower --inputs_per_step "
       "or --n"
     )
@@ -255,6 +279,21 @@ def _check_adaptive_flags() -> None:
     raise InputError(f"--growth must be a number > 1, got {_GROWTH.value}")
   if _FIRST_LOOK.value < 1:
     raise InputError(f"--first_look must be >= 1, got {_FIRST_LOOK.value}")
+
+
+def _samples() -> int:
+  """The forward passes one input takes (n0 + n; n for PREDICT)."""
+  return _N.value if _PREDICT.value else _N0.value + _n()
+
+
+def _inputs_per_step() -> int:
+  """--inputs_per_step, or 1 on CPUs and several on accelerators, as one step can count."""
+  if _INPUTS.value is not None:
+    return _INPUTS.value
+  room = (_MAX_PASSES_PER_CALL - sizing.MAX_BATCH_PER_DEVICE * jax.local_device_count()) // max(
+    _samples(), 1
+  )
+  return max(1, min(sizing.auto_inputs_per_step(), room))
 
 
 def _radii() -> list[float] | None:
@@ -339,6 +378,8 @@ def certify_main():
   predict_mode = _PREDICT.value
   model, config, info, meta = checkpointing.restore_model(_WORKDIR.value, _EPOCH.value)
   del info
+  fingerprint = results.fingerprint(nnx.state(model))  # Of the trained model, as saved.
+  model = _EVALUATION.prepare(model)
   dataset = data_lib.load(config.dataset, data_dir=config.get("data_dir") or None)
   noise_dist = _noise(config, dim=math.prod(dataset.info.image_shape))
   split = dataset.split(_SPLIT.value)
@@ -361,7 +402,8 @@ def certify_main():
     "workdir": os.path.abspath(_WORKDIR.value),
     "epoch": int(meta["epoch"]),
     "step": int(meta["step"]),
-    "model_fingerprint": results.fingerprint(nnx.state(model)),
+    "model_fingerprint": fingerprint,
+    **_EVALUATION.settings(),
     "dataset": str(config.dataset),
     "split": _SPLIT.value,
     "noise": noise_dist.spec,
@@ -392,10 +434,12 @@ def certify_main():
     "noise": "the noise (--noise and --sigma, default the training noise) differs",
     "noise_scale": "the noise level (--sigma, default the training noise_sd) differs",
     "mode": "one file holds the certificates of one mode (--predict, --adaptive)",
+    **_EVALUATION.hints,
   }
   with shares.open_share(outfile, columns, settings=settings, hints=hints) as share:
     results.check_inputs_unchanged(share.to_check, split, outfile, _SPLIT.value)
-    _run(model, split, indices, share, noise_dist, predict_mode)
+    batch = _BATCH.value or sizing.auto_batch(model, dataset.info.image_shape)
+    _run(model, split, indices, share, noise_dist, predict_mode, batch)
   if share.index != 0:
     print(f"process {share.index}: its share is in {share.path}; process 0 merged the parts")
     return
@@ -422,7 +466,7 @@ def _report_samples(res) -> None:
   print("stopped: " + ", ".join(f"{reason} {count}" for reason, count in stops.most_common()))
 
 
-def _run(model, split, indices, share, noise_dist, predict_mode) -> None:
+def _run(model, split, indices, share, noise_dist, predict_mode, batch) -> None:
   """Certifies (or predicts) this process's share of ``indices`` not done yet, writing each row."""
   todo = share.todo(indices)
   mine = len(share.mine(indices))
@@ -437,8 +481,8 @@ def _run(model, split, indices, share, noise_dist, predict_mode) -> None:
   local = jax.local_devices()
   mesh = parallel.make_mesh(local) if len(local) > 1 else None
   base_key = jax.random.key(_SEED.value)
-  group = _INPUTS.value
-  common = dict(noise=noise_dist, alpha=_ALPHA.value, batch_size=_BATCH.value, mesh=mesh)
+  group = _inputs_per_step()
+  common = dict(noise=noise_dist, alpha=_ALPHA.value, batch_size=batch, mesh=mesh)
   desc = "predict" if predict_mode else "certify"
   if share.count > 1:
     desc += f" [{share.index}/{share.count}]"
@@ -597,6 +641,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {args}; did you mean 'analyze' or 'merge'?")
   if args and args[0] == "merge":
     return merge_main(args[1:])
+  _EVALUATION.configure()  # Before JAX starts: XLA reads its flags once.
   parallel.initialize_distributed(shutdown_timeout_seconds=shares.FINISH_TIMEOUT_SECONDS)
   return certify_main()
 

@@ -22,7 +22,9 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
+from smoothjax import numerics
 from smoothjax.errors import InputError
+from smoothjax.models import transforms
 
 USER_ERROR = 2
 INTERNAL_ERROR = 1
@@ -126,6 +128,7 @@ def run_app(main: Callable[[list[str]], None]) -> None:
   thin wrapper).
   """
   show_flags_of(main.__module__)
+  show_flags_of(__name__)  # define_evaluation_flags, where the program calls it.
   app.run(run_main(main), flags_parser=parse_flags)
 
 
@@ -133,3 +136,72 @@ def show_flags_of(module_name: str) -> None:
   """Makes the flags that ``module_name`` defines key flags of the running script."""
   for flag in flags.FLAGS.get_flags_for_module(module_name):
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
+class EvaluationFlags:
+  """The flags of how a program evaluates a trained model: dtype, folding, numerics.
+
+  Defined by :func:`define_evaluation_flags` in the programs that evaluate a model
+  (certify.py, attack.py, generate.py), before their own flags.
+  """
+
+  def __init__(self):
+    self.dtype = flags.DEFINE_enum(
+      "dtype",
+      "float32",
+      list(transforms.COMPUTE_DTYPES),
+      "Computation dtype of the evaluated model (parameters stay float32). The results hold "
+      "for the model as evaluated; bfloat16 is about twice as fast on GPUs and TPUs.",
+    )
+    self.fold_batchnorm = flags.DEFINE_boolean(
+      "fold_batchnorm",
+      True,
+      "Fold each BatchNorm into its convolution: the same predictions up to float rounding, "
+      "one pass over the activations fewer per layer.",
+    )
+    self.precision = flags.DEFINE_enum(
+      "precision",
+      "default",
+      list(numerics.PRECISIONS),
+      "Matmul precision: default (TF32 on GPUs: fast), highest (full float32: on GPUs, "
+      "results that do not depend on the step size or the device count).",
+    )
+    self.deterministic = flags.DEFINE_boolean(
+      "deterministic", False, "Deterministic GPU operations (slower; changes nothing on CPUs)."
+    )
+
+  def configure(self) -> None:
+    """Applies --precision and --deterministic; call before the first computation."""
+    numerics.configure(precision=self.precision.value, deterministic=self.deterministic.value)
+
+  def prepare(self, model):
+    """The model as evaluated: folded (--fold_batchnorm), then in --dtype."""
+    return transforms.for_inference(model, fold=self.fold_batchnorm.value, dtype=self.dtype.value)
+
+  def settings(self) -> dict:
+    """What a result's settings record of the model as evaluated."""
+    return {
+      "compute_dtype": self.dtype.value,
+      "fold_batchnorm": bool(self.fold_batchnorm.value),
+      "precision": self.precision.value,
+    }
+
+  hints = {
+    "compute_dtype": "the model was evaluated in another dtype (--dtype)",
+    "fold_batchnorm": "BatchNorm was folded or not (--fold_batchnorm)",
+    "precision": "the matmul precision (--precision) differs",
+  }
+  """What a difference in each of :meth:`settings` means, for a refused resume."""
+
+
+_EVALUATION_FLAGS: list[EvaluationFlags] = []
+
+
+def define_evaluation_flags() -> EvaluationFlags:
+  """Defines --dtype, --fold_batchnorm, --precision and --deterministic (see EvaluationFlags).
+
+  Once per process: the programs' modules that call it can be imported together.
+  """
+  if not _EVALUATION_FLAGS:
+    _EVALUATION_FLAGS.append(EvaluationFlags())
+  return _EVALUATION_FLAGS[0]

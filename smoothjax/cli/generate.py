@@ -48,10 +48,21 @@ from absl import app, flags
 from flax import nnx
 from tqdm.auto import tqdm
 
-from smoothjax import checkpointing, generation, hashing, locks, noise, parallel, pictures, shares
+from smoothjax import (
+  checkpointing,
+  generation,
+  hashing,
+  locks,
+  noise,
+  numerics,
+  parallel,
+  pictures,
+  shares,
+)
 from smoothjax import data as data_lib
-from smoothjax.cli.common import run_app
+from smoothjax.cli.common import define_evaluation_flags, run_app
 from smoothjax.errors import InputError
+from smoothjax.models import transforms
 
 NORMS = ("l2", "linf")
 # Santurkar et al.'s CIFAR-10 generation: l2, eps 30, step 0.5, 60 steps (a ball large
@@ -86,6 +97,9 @@ class Options:
   judge_epoch: int | None = None
   confidence_n: int = 256
   show_seeds: bool = False
+  dtype: str = "float32"
+  fold_batchnorm: bool = True
+  precision: str = "default"
 
 
 # --------------------------------------------------------------------------
@@ -112,6 +126,8 @@ def check_options(o: Options) -> Options:
   for name in ("workdir", "outdir"):
     if not getattr(o, name):
       raise InputError(f"--{name} is required")
+  transforms.compute_dtype(o.dtype)
+  numerics.check_precision(o.precision)
   if o.loss not in generation.LOSSES:
     raise InputError(f"unknown --loss {o.loss!r}; choose one of: {', '.join(generation.LOSSES)}")
   if o.seed_dist not in generation.SEED_DISTRIBUTIONS:
@@ -196,7 +212,7 @@ def _load_judge(o: Options, config, info):
       f"{tuple(judge_info.image_shape)} images, the generating run {info.num_classes} of "
       f"{tuple(info.image_shape)}; pass a judge of the same dataset"
     )
-  return judge
+  return transforms.for_inference(judge, fold=o.fold_batchnorm, dtype=o.dtype)
 
 
 def _settings(o: Options, model, meta, config, noise_dist, factor) -> dict:
@@ -206,7 +222,10 @@ def _settings(o: Options, model, meta, config, noise_dist, factor) -> dict:
     "workdir": os.path.abspath(o.workdir),
     "epoch": int(meta["epoch"]),
     "step": int(meta["step"]),
-    "model": hashing.fingerprint(nnx.state(model)),
+    "model": hashing.fingerprint(nnx.state(model)),  # As trained, before folding.
+    "compute_dtype": o.dtype,
+    "fold_batchnorm": bool(o.fold_batchnorm),
+    "precision": o.precision,
     "dataset": config.dataset,
     "loss": o.loss,
     "m": o.m,
@@ -483,6 +502,13 @@ def run_generate(o: Options) -> dict:
       judge, or an outdir written with other settings.
   """
   o = check_options(o)
+  if o.precision == "default":
+    return _run_generate(o)
+  with jax.default_matmul_precision(o.precision):
+    return _run_generate(o)
+
+
+def _run_generate(o: Options) -> dict:
   model, config, info, meta = checkpointing.restore_model(o.workdir, o.epoch)
   classes = _check_classes(o, info.num_classes)
   noise_dist = _noise(o, config, info)
@@ -490,6 +516,7 @@ def run_generate(o: Options) -> dict:
   dataset = data_lib.load(config.dataset, data_dir=config.get("data_dir") or None)
   factor = _seed_factor(o, info)
   settings = _settings(o, model, meta, config, noise_dist, factor)
+  model = transforms.for_inference(model, fold=o.fold_batchnorm, dtype=o.dtype)
 
   # Under jax.distributed each process generates its share of the images on its own
   # devices into its own parts; process 0 holds the lock, and merges at the end.
@@ -621,6 +648,7 @@ def _define_flags() -> None:
     "confidence_n", d["confidence_n"].default, "Noise samples of the smoothed confidence."
   )
   flags.DEFINE_boolean("show_seeds", False, "Draw each class's first seed left of its row.")
+  define_evaluation_flags()  # --dtype, --fold_batchnorm, --precision, --deterministic
 
 
 def options_from_flags() -> Options:
@@ -634,6 +662,7 @@ def main(argv):
   if argv[1:]:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   options = options_from_flags()
+  numerics.configure(precision=options.precision, deterministic=flags.FLAGS.deterministic)
   parallel.initialize_distributed(shutdown_timeout_seconds=shares.FINISH_TIMEOUT_SECONDS)
   run_generate(options)
 

@@ -145,6 +145,9 @@ class CNN(nnx.Module):
     dtype: computation dtype; parameters are float32 and logits are returned in float32.
   """
 
+  # Each BatchNorm and the convolution it follows (models.fold_batchnorm).
+  conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
+
   def __init__(
     self,
     num_classes: int,

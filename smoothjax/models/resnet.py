@@ -35,6 +35,7 @@ class BasicBlock(nnx.Module):
   """Two 3x3 conv-BN layers with a residual connection (ResNet-18/34, CIFAR ResNets)."""
 
   expansion = 1
+  conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))  # For models.fold_batchnorm.
 
   def __init__(
     self, in_features: int, width: int, stride: int, *, rngs: nnx.Rngs, dtype=jnp.float32
@@ -55,6 +56,7 @@ class Bottleneck(nnx.Module):
   """1x1 reduce, 3x3 (strided, as torchvision v1.5), 1x1 expand by 4, residual (ResNet-50)."""
 
   expansion = 4
+  conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
   def __init__(
     self, in_features: int, width: int, stride: int, *, rngs: nnx.Rngs, dtype=jnp.float32
@@ -92,6 +94,8 @@ class ResNet(nnx.Module):
     rngs: random streams for initialisation (``params``).
     dtype: computation dtype; parameters are float32 and logits are returned in float32.
   """
+
+  conv_bn_pairs = (("stem_conv", "stem_bn"),)  # For models.fold_batchnorm.
 
   def __init__(
     self,
