@@ -12,13 +12,16 @@ reproducibility:
   operations are deterministic (``deterministic=True``).
 
 :func:`configure` sets both for the whole process; programs call it from their
-``--precision`` and ``--deterministic`` flags (training: the config's ``precision`` and
-``deterministic``). On CPUs both settings change nothing: float32 is exact there and
-XLA's CPU operations are deterministic. Their cost on GPUs is in benchmarks/RESULTS.md.
+``--precision`` and ``--deterministic`` flags. Library functions that take a precision
+(training's config ``precision``, ``attack.Options.precision``) compute inside
+:func:`precision_scope` and leave the process's setting alone. On CPUs both settings
+change nothing: float32 is exact there and XLA's CPU operations are deterministic.
+Their cost on GPUs is in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import jax
@@ -49,6 +52,30 @@ def deterministic_enabled() -> bool:
   return DETERMINISTIC_FLAG in os.environ.get("XLA_FLAGS", "").split()
 
 
+def precision_scope(precision: str):
+  """A context in which JAX computes at ``precision``; ``"default"`` leaves JAX's as it is."""
+  if check_precision(precision) == "default":
+    return contextlib.nullcontext()
+  return jax.default_matmul_precision(precision)
+
+
+def require_deterministic(deterministic: bool) -> None:
+  """Asks for deterministic GPU operations if ``deterministic`` (see :func:`configure`)."""
+  if not deterministic or deterministic_enabled():
+    return
+  if _backends_started():
+    if jax.default_backend() == "cpu":
+      return  # XLA's CPU operations are deterministic: nothing to change.
+    raise InputError(
+      "deterministic GPU operations must be chosen before JAX starts: call "
+      "numerics.configure(deterministic=True) before the first computation, or set "
+      f"XLA_FLAGS={DETERMINISTIC_FLAG}"
+    )
+  flags = os.environ.get("XLA_FLAGS", "").split()
+  flags = [f for f in flags if not f.startswith("--xla_gpu_deterministic_ops")]
+  os.environ["XLA_FLAGS"] = " ".join([*flags, DETERMINISTIC_FLAG])
+
+
 def configure(*, precision: str = "default", deterministic: bool = False) -> None:
   """Sets the matmul precision and, if asked, deterministic GPU operations.
 
@@ -66,19 +93,7 @@ def configure(*, precision: str = "default", deterministic: bool = False) -> Non
   """
   check_precision(precision)
   jax.config.update("jax_default_matmul_precision", None if precision == "default" else precision)
-  if not deterministic or deterministic_enabled():
-    return
-  if _backends_started():
-    if jax.default_backend() == "cpu":
-      return  # XLA's CPU operations are deterministic: nothing to change.
-    raise InputError(
-      "deterministic GPU operations must be chosen before JAX starts: call "
-      "numerics.configure(deterministic=True) before the first computation, or set "
-      f"XLA_FLAGS={DETERMINISTIC_FLAG}"
-    )
-  flags = os.environ.get("XLA_FLAGS", "").split()
-  flags = [f for f in flags if not f.startswith("--xla_gpu_deterministic_ops")]
-  os.environ["XLA_FLAGS"] = " ".join([*flags, DETERMINISTIC_FLAG])
+  require_deterministic(deterministic)
 
 
 def settings(precision: str, deterministic: bool) -> dict:
@@ -92,5 +107,7 @@ __all__ = [
   "check_precision",
   "configure",
   "deterministic_enabled",
+  "precision_scope",
+  "require_deterministic",
   "settings",
 ]

@@ -234,10 +234,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
       a run that diverged.
   """
   validate_config(config)
-  numerics.configure(
-    precision=config.get("precision", "default"),
-    deterministic=bool(config.get("deterministic", False)),
-  )
+  numerics.require_deterministic(bool(config.get("deterministic", False)))
+  with numerics.precision_scope(config.get("precision", "default")):
+    return _train_and_evaluate(config, workdir, mesh=mesh)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh) -> dict:
   dataset = data_lib.load(config.dataset, data_dir=config.get("data_dir") or None)
   train_split, test_split = dataset.split("train"), dataset.split(config.get("eval_split", "test"))
   if config.batch_size > len(train_split):

@@ -13,10 +13,19 @@ import subprocess
 import sys
 import textwrap
 
-import jax
-import numpy as np
-import pytest
-import scipy.stats
+# Deterministic GPU operations for the whole session, before JAX starts (XLA reads its
+# flags once): the tests that compare a resumed training run with an uninterrupted one
+# bit for bit run in this process, and on GPUs need them (their configs say
+# deterministic=True, which smoothjax.numerics can no longer apply once JAX started).
+# On CPUs the flag changes nothing.
+_DETERMINISTIC = "--xla_gpu_deterministic_ops=true"
+if _DETERMINISTIC not in os.environ.get("XLA_FLAGS", "").split():
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DETERMINISTIC}".strip()
+
+import jax  # noqa: E402 -- after XLA_FLAGS
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import scipy.stats  # noqa: E402
 
 jax.config.update("jax_debug_key_reuse", True)
 

@@ -59,6 +59,23 @@ def test_certify_resume_gives_the_same_file(workdir, tmp_path):
   ok = res.predict >= 0
   np.testing.assert_allclose(res.radius[ok], 0.25 * norm.ppf(res.extra["p_lower"][ok]), atol=2e-4)
   assert np.all(res.extra["count"] <= 300)
+  settings = results.read_settings(full)
+  assert (settings["compute_dtype"], settings["fold_batchnorm"]) == ("float32", True)
+  # bfloat16 certifies the bfloat16 model: its own settings, nearly the same predictions.
+  half = tmp_path / "half.tsv"
+  run(
+    "certify.py",
+    f"--workdir={workdir}",
+    f"--outfile={half}",
+    *CERTIFY_ARGS,
+    "--count=6",
+    "--dtype=bfloat16",
+    "--precision=highest",
+  )
+  assert results.read_settings(half) == dict(
+    settings, compute_dtype="bfloat16", precision="highest"
+  )
+  assert np.mean(results.read_results(half).predict == res.predict) >= 4 / 6
 
 
 def test_certify_on_8_devices_writes_the_same_file(workdir, tmp_path):
@@ -431,6 +448,8 @@ BAD_INPUTS = [
   ("max-radius-inf", _CERTIFY, ["--max_radius=inf"], "--max_radius must be a finite"),
   ("max-radius-nan", _CERTIFY, ["--max_radius=nan"], "--max_radius must be a finite"),
   ("unknown-flag", _CERTIFY, ["--foo=1"], "Unknown command line flag 'foo'"),
+  ("dtype", _CERTIFY, ["--dtype=float16"], "flag --dtype=float16"),
+  ("precision", _CERTIFY, ["--precision=fp64"], "flag --precision=fp64"),
   ("bad-integer", _CERTIFY, ["--n=abc"], "flag --n=abc"),
   ("stray-argument", _CERTIFY, ["stray"], "unexpected arguments"),
   ("noise-sd-negative", _CERTIFY, ["--workdir={negative_sd}"], "noise_sd"),

@@ -479,9 +479,7 @@ def run_attack(o: Options) -> dict:
       an output file written with other settings.
   """
   o = check_options(o)
-  if o.precision == "default":
-    return _run_attack(o)
-  with jax.default_matmul_precision(o.precision):
+  with numerics.precision_scope(o.precision):
     return _run_attack(o)
 
 

@@ -502,9 +502,7 @@ def run_generate(o: Options) -> dict:
       judge, or an outdir written with other settings.
   """
   o = check_options(o)
-  if o.precision == "default":
-    return _run_generate(o)
-  with jax.default_matmul_precision(o.precision):
+  with numerics.precision_scope(o.precision):
     return _run_generate(o)
 
 

@@ -14,7 +14,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from smoothjax import parallel, training
+from smoothjax import numerics, parallel, training
 from smoothjax.cli import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, config and metrics.")
@@ -71,8 +71,12 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  training.validate_config(config)
+  # Before JAX starts: XLA reads its flags once.
+  numerics.require_deterministic(bool(config.get("deterministic", False)))
   parallel.initialize_distributed()
-  training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  training.train_and_evaluate(config, _WORKDIR.value)
 
 
 def run():
