@@ -4,7 +4,9 @@ The pure core (``noise``, ``stats``, ``votes``, ``certificates``, ``sequential``
 ``smoothing``, ``losses``, ``attacks``, ``generation``) works on any
 ``logits_fn(inputs) -> logits``; ``data``, ``models``, ``modes``, ``optim``,
 ``pipeline`` (training input), ``training``, ``workdir``, ``checkpointing`` and
-``parallel`` train and restore base classifiers; ``results``, ``result_reader``,
+``parallel`` train and restore base classifiers (``models.transforms``: folded BatchNorm
+and bfloat16 for evaluation; ``numerics``: matmul precision and deterministic GPU
+operations; ``sizing``: step sizes from device memory); ``results``, ``result_reader``,
 ``outputs``, ``locks``, ``analysis`` and ``pictures`` write, read, summarise and plot
 certificates and attacks; ``hashing`` fingerprints models, checkpoints and inputs.
 """
@@ -23,6 +25,7 @@ from smoothjax import (
   models,
   modes,
   noise,
+  numerics,
   optim,
   outputs,
   parallel,
@@ -31,6 +34,7 @@ from smoothjax import (
   result_reader,
   results,
   sequential,
+  sizing,
   smoothing,
   stats,
   training,
@@ -71,6 +75,7 @@ __all__ = [
   "models",
   "modes",
   "noise",
+  "numerics",
   "optim",
   "outputs",
   "parallel",
@@ -81,6 +86,7 @@ __all__ = [
   "result_reader",
   "results",
   "sequential",
+  "sizing",
   "smoothing",
   "stats",
   "training",

@@ -64,7 +64,7 @@ def trained_like(build, shape):
         ("scale", lambda n: rng.uniform(0.5, 2.0, n)),
         ("bias", lambda n: rng.normal(0, 0.5, n)),
       ):
-        getattr(node, name).value = jnp.asarray(draw(node.mean.shape), jnp.float32)
+        getattr(node, name)[...] = jnp.asarray(draw(node.mean.shape), jnp.float32)
   return model
 
 

@@ -19,6 +19,8 @@ CORE = {
   "attacks",
   "generation",
   "hashing",
+  "numerics",  # matmul precision and the deterministic-operations flag: jax and errors only
+  "sizing",  # step sizes from device memory: jax and errors only
 }
 
 

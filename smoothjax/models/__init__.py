@@ -51,6 +51,14 @@ from smoothjax.models.resnet import (
   ResNet110,
   ResNetTiny,
 )
+from smoothjax.models.transforms import (
+  COMPUTE_DTYPES,
+  compute_dtype,
+  count_batchnorms,
+  fold_batchnorm,
+  for_inference,
+  with_dtype,
+)
 
 _CONSTRUCTORS = {
   "cnn": CNN,
@@ -136,6 +144,7 @@ def param_count(model: nnx.Module) -> int:
 
 
 __all__ = [
+  "COMPUTE_DTYPES",
   "MODELS",
   "BasicBlock",
   "Bottleneck",
@@ -153,7 +162,12 @@ __all__ = [
   "ResNet56",
   "ResNet110",
   "ResNetTiny",
+  "compute_dtype",
+  "count_batchnorms",
   "create",
+  "fold_batchnorm",
+  "for_inference",
   "from_config",
   "param_count",
+  "with_dtype",
 ]
