@@ -37,10 +37,10 @@ MODELS = [
     2,
   ),
   (
-    "resnet18_tiny",
-    lambda r: models.create("resnet18_tiny", num_classes=10, rngs=r, **IMAGENET),
+    "resnet_tiny",
+    lambda r: models.create("resnet_tiny", num_classes=10, rngs=r, **CIFAR),
     (32, 32, 3),
-    20,
+    9,
   ),
   (
     "bottleneck",

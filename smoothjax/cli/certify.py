@@ -30,6 +30,13 @@ Tables and one plot from several result files, ours or Cohen et al.'s::
 
   python certify.py analyze results/a.tsv results/b.tsv --plot curves.png --format latex
 
+How the model is evaluated: BatchNorm folded into its convolutions (``--fold_batchnorm``,
+default on), in ``--dtype`` float32 or bfloat16, at ``--precision``; the certificates are
+for the model as evaluated, and the settings file records all three. ``--batch`` defaults
+to what half the free device memory holds (1000 on CPUs)::
+
+  python certify.py --workdir workdirs/cifar --outfile results/bf16.tsv --dtype bfloat16
+
 What a result file can be trusted for: one process writes it at a time (it
 holds ``OUTFILE.lock``); its settings file records the settings, the noise and a
 fingerprint of the model's parameters, and each row the hash of its input, so a
