@@ -147,11 +147,12 @@ def test_certificates_of_the_folded_model_are_those_of_the_model():
 
 
 def test_precision_scope_and_configure():
-  assert jax.config.jax_default_matmul_precision is None
-  with numerics.precision_scope("highest"):
-    assert jax.config.jax_default_matmul_precision == "highest"
-  with numerics.precision_scope("default"):
-    assert jax.config.jax_default_matmul_precision is None
+  session = jax.config.jax_default_matmul_precision  # conftest's "highest"
+  with numerics.precision_scope("high"):
+    assert jax.config.jax_default_matmul_precision == "high"
+  assert jax.config.jax_default_matmul_precision == session
+  with numerics.precision_scope("default"):  # leaves the process's setting alone
+    assert jax.config.jax_default_matmul_precision == session
   with pytest.raises(InputError, match="unknown matmul precision 'fp64'; choose one of default"):
     numerics.precision_scope("fp64")
   # Deterministic operations asked for once JAX runs on CPUs: nothing to do, no error.
