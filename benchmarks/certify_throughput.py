@@ -175,18 +175,25 @@ def _forward(model, x):
   return model(x)
 
 
-def bench_model(name, *, n, n0, batch, inputs_per_step, repeats, sigma, seed, mesh, naive):
-  """All rows for one model."""
+def make_model(name: str, seed: int, dtype=jnp.float32) -> nnx.Module:
+  """Model ``name`` with random weights, in eval mode, for inputs of ``_SHAPES[name]``."""
   shape = _SHAPES[name]
   channels = shape[-1]
-  model = sj.models.create(
+  return sj.models.create(
     name,
     num_classes=_NUM_CLASSES,
     mean=(0.5,) * channels,
     std=(0.25,) * channels,
     rngs=nnx.Rngs(params=seed),
+    dtype=dtype,
     input_shape=shape,
   )
+
+
+def bench_model(name, *, n, n0, batch, inputs_per_step, repeats, sigma, seed, mesh, naive):
+  """All rows for one model."""
+  shape = _SHAPES[name]
+  model = make_model(name, seed)
   base = jax.random.key(seed)
   data_key, count_key, cert_key, naive_key = (jax.random.fold_in(base, i) for i in range(4))
   num_inputs = max(inputs_per_step)

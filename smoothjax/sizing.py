@@ -14,6 +14,7 @@ run may be resumed with another one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -49,7 +50,9 @@ def bytes_per_example(
 
   From XLA's memory analysis of the compiled forward pass at ``probe`` and
   ``2 * probe`` examples (temporaries, arguments and outputs): the difference is what
-  ``probe`` examples cost, whatever the parameters take.
+  ``probe`` examples cost, whatever the parameters take. Plus the float32 noise and
+  noisy copy of each example, which the certification step holds beside the forward
+  pass.
   """
   if probe < 1:
     raise InputError(f"probe must be >= 1, got {probe}")
@@ -63,7 +66,9 @@ def bytes_per_example(
       analysis.temp_size_in_bytes + analysis.argument_size_in_bytes + analysis.output_size_in_bytes
     )
 
-  return max(1, -(-(total(2 * probe) - total(probe)) // probe))
+  forward = -(-(total(2 * probe) - total(probe)) // probe)
+  # The certification step also holds each example's float32 noise and noisy copy.
+  return max(1, forward + 2 * 4 * math.prod(input_shape))
 
 
 def choose_batch(

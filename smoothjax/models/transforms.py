@@ -132,7 +132,8 @@ def count_batchnorms(model: nnx.Module) -> int:
 
 
 def for_inference(model: nnx.Module, *, fold: bool = True, dtype="float32") -> nnx.Module:
-  """``model`` as programs evaluate it: BatchNorm folded (if ``fold``), then in ``dtype``."""
+  """A copy of ``model`` as programs evaluate it: BatchNorm folded (if ``fold``), in ``dtype``."""
+  model = nnx.clone(model)
   if fold:
     model = fold_batchnorm(model)
   if jnp.dtype(compute_dtype(dtype) if isinstance(dtype, str) else dtype) != jnp.float32:
