@@ -8,9 +8,11 @@ Multi-device tests run in a child process with 8 fake CPU devices
 import fcntl
 import hashlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 # Deterministic GPU operations for the whole session, before JAX starts (XLA reads its
@@ -74,6 +76,32 @@ LONG_TESTS = (
 )
 
 
+# One persistent JAX compilation cache for the programs the tests start (train.py,
+# certify.py, ...: dozens of runs compiling the same tiny models' steps), made by the
+# session's main process and inherited by its xdist workers and their children.
+_CACHE_ENV = "SMOOTHJAX_TEST_COMPILATION_CACHE"
+
+
+def pytest_configure(config):
+  if not hasattr(config, "workerinput") and _CACHE_ENV not in os.environ:
+    os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="smoothjax-test-jax-cache-")
+    config._smoothjax_cache = os.environ[_CACHE_ENV]
+
+
+def pytest_unconfigure(config):
+  cache = getattr(config, "_smoothjax_cache", None)
+  if cache:
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+def _child_env(**extra) -> dict:
+  """The environment of a program a test starts: CPU, the repository, the shared cache."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT, **extra)
+  if _CACHE_ENV in env and "JAX_COMPILATION_CACHE_DIR" not in env:
+    env["JAX_COMPILATION_CACHE_DIR"] = env[_CACHE_ENV]
+  return env
+
+
 def _long_rank(item) -> int:
   where = f"{item.path.name}::{item.name}"
   return next((i for i, p in enumerate(LONG_TESTS) if where.startswith(p)), len(LONG_TESTS))
@@ -119,7 +147,7 @@ def run_python(args, *, what: str, check: bool = True, devices: int = 1):
   Returns the completed process; fails the calling test with its output if it exits
   non-zero and ``check`` is set.
   """
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT)
+  env = _child_env()
   env.pop("XLA_FLAGS", None)
   if devices > 1:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
@@ -154,7 +182,7 @@ def start_processes(args, num_processes: int, *, devices: int = 1, port: int | N
   port = free_port() if port is None else port
   procs = []
   for index in range(num_processes):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT)
+    env = _child_env()
     env.pop("XLA_FLAGS", None)
     if devices > 1:
       env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
