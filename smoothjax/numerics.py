@@ -96,11 +96,6 @@ def configure(*, precision: str = "default", deterministic: bool = False) -> Non
   require_deterministic(deterministic)
 
 
-def settings(precision: str, deterministic: bool) -> dict:
-  """What a run's settings record of its numerics."""
-  return {"precision": check_precision(precision), "deterministic": bool(deterministic)}
-
-
 __all__ = [
   "DETERMINISTIC_FLAG",
   "PRECISIONS",
@@ -109,5 +104,4 @@ __all__ = [
   "deterministic_enabled",
   "precision_scope",
   "require_deterministic",
-  "settings",
 ]

@@ -56,7 +56,12 @@ from smoothjax import (
   smoothing,
 )
 from smoothjax import data as data_lib
-from smoothjax.cli.common import EvaluationFlags, define_evaluation_flags, run_app
+from smoothjax.cli.common import (
+  EvaluationFlags,
+  define_evaluation_flags,
+  evaluation_settings,
+  run_app,
+)
 from smoothjax.errors import InputError
 from smoothjax.models import transforms
 
@@ -328,9 +333,7 @@ def _settings(o: Options, model, meta, config, sigma) -> dict:
     "epoch": int(meta["epoch"]),
     "step": int(meta["step"]),
     "model": results.fingerprint(nnx.state(model)),
-    "compute_dtype": o.dtype,
-    "fold_batchnorm": bool(o.fold_batchnorm),
-    "precision": o.precision,
+    **evaluation_settings(o.dtype, o.fold_batchnorm, o.precision),
     "dataset": config.dataset,
     "split": o.split,
     "smoothed": o.smoothed,

@@ -180,11 +180,7 @@ class EvaluationFlags:
 
   def settings(self) -> dict:
     """What a result's settings record of the model as evaluated."""
-    return {
-      "compute_dtype": self.dtype.value,
-      "fold_batchnorm": bool(self.fold_batchnorm.value),
-      "precision": self.precision.value,
-    }
+    return evaluation_settings(self.dtype.value, self.fold_batchnorm.value, self.precision.value)
 
   hints = {
     "compute_dtype": "the model was evaluated in another dtype (--dtype)",
@@ -192,6 +188,15 @@ class EvaluationFlags:
     "precision": "the matmul precision (--precision) differs",
   }
   """What a difference in each of :meth:`settings` means, for a refused resume."""
+
+
+def evaluation_settings(dtype: str, fold_batchnorm: bool, precision: str) -> dict:
+  """What a result's settings record of how its model was evaluated."""
+  return {
+    "compute_dtype": dtype,
+    "fold_batchnorm": bool(fold_batchnorm),
+    "precision": precision,
+  }
 
 
 _EVALUATION_FLAGS: list[EvaluationFlags] = []

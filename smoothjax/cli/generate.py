@@ -60,7 +60,7 @@ from smoothjax import (
   shares,
 )
 from smoothjax import data as data_lib
-from smoothjax.cli.common import define_evaluation_flags, run_app
+from smoothjax.cli.common import define_evaluation_flags, evaluation_settings, run_app
 from smoothjax.errors import InputError
 from smoothjax.models import transforms
 
@@ -223,9 +223,7 @@ def _settings(o: Options, model, meta, config, noise_dist, factor) -> dict:
     "epoch": int(meta["epoch"]),
     "step": int(meta["step"]),
     "model": hashing.fingerprint(nnx.state(model)),  # As trained, before folding.
-    "compute_dtype": o.dtype,
-    "fold_batchnorm": bool(o.fold_batchnorm),
-    "precision": o.precision,
+    **evaluation_settings(o.dtype, o.fold_batchnorm, o.precision),
     "dataset": config.dataset,
     "loss": o.loss,
     "m": o.m,

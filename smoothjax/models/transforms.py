@@ -133,12 +133,12 @@ def count_batchnorms(model: nnx.Module) -> int:
 
 def for_inference(model: nnx.Module, *, fold: bool = True, dtype="float32") -> nnx.Module:
   """A copy of ``model`` as programs evaluate it: BatchNorm folded (if ``fold``), in ``dtype``."""
-  model = nnx.clone(model)
+  half = jnp.dtype(compute_dtype(dtype) if isinstance(dtype, str) else dtype) != jnp.float32
+  if not (fold or half):
+    return nnx.clone(model)
   if fold:
-    model = fold_batchnorm(model)
-  if jnp.dtype(compute_dtype(dtype) if isinstance(dtype, str) else dtype) != jnp.float32:
-    model = with_dtype(model, dtype)
-  return model
+    model = fold_batchnorm(model)  # a copy
+  return with_dtype(model, dtype) if half else model
 
 
 __all__ = [
