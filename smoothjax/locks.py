@@ -31,6 +31,8 @@ _GUARD_STALE_SECONDS = 30.0
 # A lock file read while its creator is still writing it is empty for a moment.
 _READ_RETRIES = 20
 _READ_RETRY_SECONDS = 0.05
+# The locks this process holds (path -> record), for release_all.
+_HELD: dict[str, dict] = {}
 
 
 def _holder_record() -> dict:
@@ -170,6 +172,7 @@ def acquire(path: str | os.PathLike, what: str) -> dict:
         os.remove(path)
       raise
     os.close(fd)
+    _HELD[path] = record
     return record
   raise InputError(f"cannot take the lock {path}: it keeps changing; delete it and rerun")
 
@@ -177,9 +180,17 @@ def acquire(path: str | os.PathLike, what: str) -> dict:
 def release(path: str | os.PathLike, record: dict) -> None:
   """Deletes lock file ``path`` if it still holds ``record`` (never another process's lock)."""
   path = os.fspath(path)
+  if _HELD.get(path) == record:
+    del _HELD[path]
   if _read_holder(path) == record:
     with contextlib.suppress(FileNotFoundError):
       os.remove(path)
+
+
+def release_all() -> None:
+  """Releases every lock this process holds (a process about to end without unwinding)."""
+  for path, record in list(_HELD.items()):
+    release(path, record)
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from smoothjax import processes, stopping
 from smoothjax.errors import InputError
 
 DATA_AXIS = "data"
@@ -67,7 +68,9 @@ def _distributed_args() -> dict:
   return args
 
 
-def initialize_distributed(*, shutdown_timeout_seconds: int | None = None) -> bool:
+def initialize_distributed(
+  *, shutdown_timeout_seconds: int | None = None, take_sigterm: bool = True
+) -> bool:
   """Starts multi-process JAX when the environment asks for it; returns whether it did.
 
   The environment asks with ``SMOOTHJAX_DISTRIBUTED=1``, ``JAX_COORDINATOR_ADDRESS``
@@ -77,10 +80,20 @@ def initialize_distributed(*, shutdown_timeout_seconds: int | None = None) -> bo
   own detection of SLURM, Open MPI and TPU pods. This must run before any other
   JAX call. On CPU, collectives between processes go through gloo.
 
+  Then the process joins its job (:func:`smoothjax.processes.join`): processes meet
+  and compare settings through JAX's coordination service, a process that stops
+  leaves a notice that stops the others, and a process that dies
+  (``SMOOTHJAX_HEARTBEAT_TIMEOUT`` seconds without heartbeats, default 100) ends every
+  other one with one ``error:`` line.
+
   Args:
     shutdown_timeout_seconds: how long a process that has finished waits at exit for
       the others (JAX's default is 5 minutes: programs whose processes finish their
       shares at different times pass more).
+    take_sigterm: SIGTERM stops this process at its next safe point and the others
+      with it (:mod:`smoothjax.stopping`). False leaves SIGTERM to JAX's preemption
+      service, whose sync points stop a lockstep training loop at the same step on
+      every process (:func:`smoothjax.stopping.at_step`).
 
   Raises:
     InputError: the variables are malformed or the processes cannot connect.
@@ -88,6 +101,9 @@ def initialize_distributed(*, shutdown_timeout_seconds: int | None = None) -> bo
   if not distributed_requested():
     return False
   args = _distributed_args()
+  heartbeat = processes.heartbeat_timeout()
+  if heartbeat is not None:
+    args["heartbeat_timeout_seconds"] = heartbeat
   if shutdown_timeout_seconds is not None:
     args["shutdown_timeout_seconds"] = int(shutdown_timeout_seconds)
   try:
@@ -102,6 +118,9 @@ def initialize_distributed(*, shutdown_timeout_seconds: int | None = None) -> bo
       f"cannot start multi-process JAX ({detail}); check JAX_COORDINATOR_ADDRESS (HOST:PORT "
       "of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID, and that every process was started"
     ) from None
+  processes.join(jax.process_index(), jax.process_count())
+  if take_sigterm:
+    stopping.install()  # Again: JAX's preemption service took SIGTERM over.
   return True
 
 
@@ -168,20 +187,22 @@ def replicate(tree, mesh: Mesh):
 def wait_for_processes(name: str, timeout_seconds: float) -> None:
   """Blocks until every process of a multi-process job has called this with ``name``.
 
-  A barrier of JAX's coordination service (no device collective, so processes may
-  arrive hours apart within ``timeout_seconds``). Does nothing in a single process.
+  A meeting in JAX's coordination service (:func:`smoothjax.processes.meet`: no
+  device collective, so processes may arrive hours apart within ``timeout_seconds``;
+  SIGTERM and the other processes' notices stop the wait). Does nothing in a single
+  process.
   """
   if jax.process_count() == 1:
     return
   from jax._src import distributed  # The client of jax.distributed.initialize.
 
-  client = distributed.global_state.client
-  if client is None:  # Multi-process through a runtime of its own (TPU pods): a collective.
+  if distributed.global_state.client is None:
+    # Multi-process through a runtime of its own (TPU pods): a collective.
     from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices(name)
     return
-  client.wait_at_barrier(name, int(timeout_seconds * 1000))
+  processes.meet(name, timeout_seconds)
 
 
 def process_rows(mesh: Mesh, batch_size: int) -> tuple[int, int]:

@@ -332,7 +332,8 @@ def read_combined(path: str | os.PathLike, *, exclude: Sequence[str] = ()) -> Co
 
   Raises:
     InputError: as :func:`read_results`; also parts with another header or other
-      settings, and two different rows for one idx in two files.
+      settings (or a settings file missing beside one of them while another has one),
+      and two different rows for one idx in two files.
   """
   path = os.fspath(path)
   excluded = {os.path.abspath(p) for p in exclude}
@@ -356,6 +357,13 @@ def read_combined(path: str | os.PathLike, *, exclude: Sequence[str] = ()) -> Co
     settings = read_settings(file)
     if settings_of is None:
       settings_of = (file, settings)
+    elif (settings is None) != (settings_of[1] is None):
+      bare, other = (file, settings_of[0]) if settings is None else (settings_of[0], file)
+      raise InputError(
+        f"the settings file {outputs.settings_path(bare)} of {bare} is missing, so its rows "
+        f"cannot be trusted to match those of {other}; move {bare} away, or delete it to "
+        "recompute its rows"
+      )
     elif settings != settings_of[1]:
       raise InputError(
         f"{file} and {settings_of[0]} were written with other settings, so they are not parts "

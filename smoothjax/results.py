@@ -508,7 +508,9 @@ def check_inputs_unchanged(existing: Results | None, split, path: str, split_nam
 
   Re-hashes the input of every row already in ``path`` (its ``input_hash`` column)
   from ``split`` as it is now, so a dataset whose files were changed or replaced
-  since is never mixed into one file.
+  since is never mixed into one file. Each row's ``label`` must be the split's label
+  of its input too: the hash covers the dataset's label, not the row's, so a row whose
+  label was edited (and ``correct`` with it) would otherwise be kept.
 
   Args:
     existing: the rows already in the file (``ResultWriter.existing``), or None.
@@ -517,7 +519,8 @@ def check_inputs_unchanged(existing: Results | None, split, path: str, split_nam
     split_name: the split's name, for the message.
 
   Raises:
-    InputError: a row's input is missing from the split or hashes differently.
+    InputError: a row's input is missing from the split or hashes differently, or its
+      label is not the split's.
   """
   if existing is None or not len(existing):
     return
@@ -533,6 +536,14 @@ def check_inputs_unchanged(existing: Results | None, split, path: str, split_nam
     idx = existing.idx[start : start + _HASH_CHUNK]
     images, labels = split.get(idx)
     now = input_hashes(images, labels)
+    rows = zip(idx, existing.label[start : start + _HASH_CHUNK], labels, strict=True)
+    for i, written, label in rows:
+      if int(written) != int(label):
+        raise InputError(
+          f"{path}: the row of input {int(i)} has label {int(written)} but split "
+          f"{split_name!r} gives that input label {int(label)}, so the row was edited or comes "
+          "from another dataset; write into another --outfile, or delete the row"
+        )
     for i, before, after in zip(idx, hashes[start : start + _HASH_CHUNK], now, strict=True):
       if before != after:
         raise InputError(

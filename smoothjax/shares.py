@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from smoothjax import locks, parallel, results
+from smoothjax import locks, parallel, processes, results, stopping
 from smoothjax.errors import InputError
 
 # How long the processes wait for each other: to start (model and data loading), and
@@ -146,10 +146,14 @@ def open_share(
 
   Raises:
     InputError: a lock is held by another run, a file has other columns or settings
-      (see :class:`smoothjax.results.ResultWriter`), or another process of the job
-      failed to start.
+      (see :class:`smoothjax.results.ResultWriter`), the processes of the job were
+      started with other settings, or another process of the job failed to start.
   """
   index, count = jax.process_index(), jax.process_count()
+  if count > 1:
+    # Processes started with other command lines fail together, before any work.
+    agree = {"outfile": os.path.abspath(outfile), "columns": list(columns), **settings}
+    processes.agree(f"smoothjax {outfile} settings", agree, START_TIMEOUT_SECONDS)
   path = outfile if count == 1 else results.part_path(outfile, index, count)
   parent = os.path.dirname(outfile)
   if parent:
@@ -187,7 +191,7 @@ def meet(name: str, timeout_seconds: float) -> None:
   try:
     parallel.wait_for_processes(name, timeout_seconds)
   except Exception as e:  # noqa: BLE001 - JAX raises its runtime's own error types.
-    if isinstance(e, InputError):
+    if isinstance(e, InputError | stopping.Stopped):
       raise
     raise InputError(
       f"the processes of this job did not all reach {name.split()[-1]!r} "

@@ -43,7 +43,17 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from smoothjax import augment, checkpointing, locks, models, modes, numerics, parallel, pipeline
+from smoothjax import (
+  augment,
+  checkpointing,
+  locks,
+  models,
+  modes,
+  numerics,
+  parallel,
+  pipeline,
+  stopping,
+)
 from smoothjax import data as data_lib
 from smoothjax import workdir as workdir_lib
 from smoothjax.errors import InputError
@@ -224,7 +234,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
   A checkpoint is saved every ``checkpoint_every_epochs`` epochs, at the end, and,
   if ``checkpoint_every_steps`` > 0, every that many steps within an epoch (for
   long epochs); a resumed run continues from the latest intact one, mid-epoch
-  included, and draws the same batches and noise as an uninterrupted run.
+  included, and draws the same batches and noise as an uninterrupted run. SIGTERM
+  (:mod:`smoothjax.stopping`) stops the loop after the current step, on every process
+  at the same step, with a checkpoint of that step.
 
   Returns:
     The last epoch's metrics.
@@ -232,6 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
   Raises:
     InputError: bad settings, a workdir in use or trained with other settings, or
       a run that diverged.
+    smoothjax.stopping.Stopped: SIGTERM stopped the run (its checkpoint is saved).
   """
   validate_config(config)
   numerics.require_deterministic(bool(config.get("deterministic", False)))
@@ -327,7 +340,8 @@ def _train(config, workdir, dataset, train_split, test_split, steps_per_epoch, m
       workdir_lib.save_run_files(workdir, config, dataset.info)
     train_input = _train_input(config, ckpt, dataset, steps_per_epoch, mesh, start_step, meta)
     run = _Run(config, workdir, trainer, ckpt, train_input, test_split, steps_per_epoch, mesh)
-    return _loop(run, state, start_step, partial)
+    with stopping.deferred():  # SIGTERM stops the loop after a step, with a checkpoint.
+      return _loop(run, state, start_step, partial)
   finally:
     if train_input is not None:
       train_input.close()
@@ -415,18 +429,26 @@ def _loop(run: _Run, state, start_step: int, partial: Mapping | None) -> dict:
       disable=not (config.get("progress", True) and main),
     )
     epoch_arg = jnp.asarray(epoch, jnp.int32)
+    stop_after_epoch = False
     for i, (images, labels) in enumerate(bar, start=first):
       step = epoch * steps_per_epoch + i
       batch = parallel.put_process_batch((images, labels.astype(np.int32)), mesh, config.batch_size)
       state, m = trainer.train_step(state, *batch, jax.random.fold_in(train_key, step), epoch_arg)
       epoch_metrics.add(m)
-      at_save = every_steps and (step + 1) % every_steps == 0 and i + 1 < steps_per_epoch
+      # SIGTERM: the same step on every process (smoothjax.stopping.at_step).
+      stop = stopping.at_step(step + 1)
+      mid_epoch = i + 1 < steps_per_epoch
+      at_save = (every_steps and (step + 1) % every_steps == 0 or stop) and mid_epoch
       if i % 20 == 0 or at_save:
         if not epoch_metrics.flush():
           raise _diverged(step + 1, steps_per_epoch, config)
         bar.set_postfix(loss=f"{float(m['loss']):.3f}")
       if at_save:
         save(step + 1, state, epoch_metrics)
+      if stop and mid_epoch:
+        bar.close()
+        raise _stopped(step + 1, steps_per_epoch)
+      stop_after_epoch = stop
     if not epoch_metrics.flush():
       raise _diverged((epoch + 1) * steps_per_epoch, steps_per_epoch, config)
     train = epoch_metrics.means()
@@ -470,9 +492,24 @@ def _loop(run: _Run, state, start_step: int, partial: Mapping | None) -> dict:
     if main:
       with open(metrics_path, "a") as f:
         f.write(_json_line(last))
-    if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
+    if (
+      (epoch + 1) % config.checkpoint_every_epochs == 0
+      or epoch + 1 == config.num_epochs
+      or stop_after_epoch
+    ):
       save(last["step"], state)
+    if stop_after_epoch and epoch + 1 < config.num_epochs:
+      raise _stopped(last["step"], steps_per_epoch)
   return last
+
+
+def _stopped(step: int, steps_per_epoch: int) -> stopping.Stopped:
+  """SIGTERM reached the training loop: the checkpoint of ``step`` is saved."""
+  every = " on every process" if jax.process_count() > 1 else ""
+  return stopping.Stopped(
+    f"stopped by SIGTERM after step {step} (epoch {step / steps_per_epoch:.2f}), saved as a "
+    f"checkpoint; rerun the same command{every} to resume"
+  )
 
 
 def _json_line(row: Mapping) -> str:

@@ -289,6 +289,16 @@ def test_bad_settings_are_refused_before_the_model_is_restored(tmp_path, change,
   assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("name", ["step_size", "sigma"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_infinite_settings_are_refused_as_not_finite(tmp_path, name, value):
+  options = attack_cli.Options(
+    workdir=str(tmp_path / "none"), outfile=str(tmp_path / "o.tsv"), smoothed=True, **{name: value}
+  )
+  with pytest.raises(InputError, match=f"^--{name} must be a finite number > 0, got "):
+    attack_cli.check_options(options)
+
+
 @pytest.mark.parametrize(
   "text,expected",
   [("0.25,0.5,1.0", (0.25, 0.5, 1.0)), ("0", (0.0,)), (" 1 , 2/255 ", None), ("0.5,,1", None)],

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
 from conftest import assert_one_line_error, run, run_processes, tiny_run, train_tiny
 
-# End-to-end runs (deselected by -m "not slow").
-pytestmark = pytest.mark.slow
+from smoothjax.cli import generate
+from smoothjax.errors import InputError
 
 STEPS = ["--steps=4", "--eps=3.0"]
 
@@ -107,8 +109,6 @@ def check_resume_and_independence(generated, workdirs):
 
 
 def check_real_seeds_in_linf(workdirs):
-  from smoothjax.cli import generate
-
   root, run_dir, _ = workdirs
   outdir = str(root / "linf")
   options = generate.Options(
@@ -178,16 +178,13 @@ OPTION_ERRORS = [
   ({"judge": "MISSING"}, "nowhere"),
   ({"seed_factor": 3}, "must divide the image size 28x28"),
   ({"norm": "l1"}, "unknown --norm"),
-  ({"m": 4, "sigma": -1.0}, "--sigma must be > 0"),
+  ({"m": 4, "sigma": -1.0}, "--sigma must be a finite number > 0"),
   ({"judge": "SELF"}, "the generating run itself"),
 ]
 
 
 def check_bad_input(workdirs, tmp_path):
   """One-line errors through the program, InputErrors in process; nothing written."""
-  from smoothjax.cli import generate
-  from smoothjax.errors import InputError
-
   root, run_dir, judge = workdirs
   other = other_dataset_judge(root, judge)
   outdir = tmp_path / "bad"
@@ -204,6 +201,7 @@ def check_bad_input(workdirs, tmp_path):
     assert not outdir.exists()
 
 
+@pytest.mark.slow  # End-to-end runs (deselected by -m "not slow").
 def test_generate_end_to_end(tmp_path_factory):
   """One test, so that the trained runs are built once whatever the xdist split."""
   root = tmp_path_factory.mktemp("generate")
@@ -217,9 +215,168 @@ def test_generate_end_to_end(tmp_path_factory):
 
 
 def test_parse_classes():
-  from smoothjax.cli import generate
-  from smoothjax.errors import InputError
-
   assert generate.parse_classes("0, 3,7") == (0, 3, 7) and generate.parse_classes("") is None
   with pytest.raises(InputError, match="comma-separated"):
     generate.parse_classes("a")
+
+
+@pytest.mark.parametrize("name", ["eps", "step_size", "sigma"])
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_infinite_settings_are_refused_as_not_finite(tmp_path, name, value):
+  options = generate.Options(workdir="w", outdir=str(tmp_path / "out"), **{name: value})
+  with pytest.raises(InputError, match=f"^--{name} must be a finite number > 0, got "):
+    generate.check_options(options)
+
+
+def test_a_copy_of_the_generating_run_is_no_judge(tmp_path, tmp_path_factory):
+  run_dir, copy, outdir = tmp_path / "run", tmp_path / "judge", tmp_path / "out"
+  shutil.copytree(tiny_run(tmp_path_factory), run_dir)  # (generating would write into it)
+  shutil.copytree(run_dir, copy)
+  options = generate.Options(
+    workdir=str(run_dir),
+    outdir=str(outdir),
+    judge=str(copy),
+    classes=(0,),
+    per_class=1,
+    m=0,
+    steps=1,
+    seed_dist="uniform",
+  )
+  with pytest.raises(InputError, match="holds the same parameters as the generating run") as e:
+    generate.run_generate(options)
+  assert "\n" not in str(e.value) and str(copy) in str(e.value)
+  assert not outdir.exists()
+
+
+# Parts: the finished batches in OUTDIR/parts, read back when resuming.
+
+SETTINGS = {"program": "generate", "m": 4, "steps": 4, "eps": 3.0, "seed": 0}
+
+
+def part_arrays(classes=(1, 1, 7), index=(0, 1, 0)):
+  count = len(classes)
+  rng = np.random.default_rng(sum(index))
+  return {
+    "images": rng.random((count, 4, 4, 1), dtype=np.float32),
+    "seeds": rng.random((count, 4, 4, 1), dtype=np.float32),
+    "targets": np.asarray(classes, np.int64),
+    "index": np.asarray(index, np.int64),
+    "confidence": rng.random(count, dtype=np.float32),
+  }
+
+
+def parts_dir(root, settings=SETTINGS):
+  """An outdir opened with ``settings`` (as a run opens it); returns its parts folder."""
+  root.mkdir(parents=True, exist_ok=True)
+  generate._check_settings(str(root), settings)
+  (root / "parts").mkdir(exist_ok=True)
+  return root / "parts"
+
+
+def test_a_part_records_its_settings_and_is_read_back(tmp_path):
+  parts = parts_dir(tmp_path / "out")
+  arrays = part_arrays()
+  assert (
+    generate._write_part(str(parts), "part-", 0, arrays, generate.settings_digest(SETTINGS)) == 1
+  )
+  with np.load(parts / "part-000000.npz") as f:
+    assert str(f["settings_digest"]) == generate.settings_digest(SETTINGS)
+  done = generate._read_parts(str(parts), generate.settings_digest(SETTINGS))
+  assert sorted(done) == [(1, 0), (1, 1), (7, 0)]
+  np.testing.assert_array_equal(done[(1, 1)]["images"], arrays["images"][1])
+  assert len(generate.settings_digest(SETTINGS)) == 64
+  assert generate.settings_digest(dict(reversed(SETTINGS.items()))) == generate.settings_digest(
+    SETTINGS
+  )
+
+
+def test_parts_of_other_settings_are_set_aside_not_merged(tmp_path, capsys):
+  other = dict(SETTINGS, m=8)
+  foreign_parts = parts_dir(tmp_path / "other")
+  generate._write_part(
+    str(foreign_parts), "part-", 0, part_arrays(), generate.settings_digest(SETTINGS)
+  )
+  parts = parts_dir(tmp_path / "out", other)
+  mine = generate.settings_digest(other)
+  generate._write_part(str(parts), "part-", 0, part_arrays(classes=(3,), index=(0,)), mine)
+  shutil.copy(foreign_parts / "part-000000.npz", parts / "part-000001.npz")
+  np.savez(parts / "part-000002.npz", **part_arrays(classes=(4,), index=(0,)))  # no digest
+  (parts / "part-000003.npz.tmp.npz").write_bytes(b"being written")  # another process's
+  done = generate._read_parts(str(parts), generate.settings_digest(other))
+  assert sorted(done) == [(3, 0)]  # only the part of these settings
+  assert sorted(os.listdir(parts)) == [
+    "part-000000.npz",
+    "part-000001.npz.foreign",
+    "part-000002.npz.foreign",
+    "part-000003.npz.tmp.npz",
+  ]
+  notes = capsys.readouterr().err.splitlines()
+  assert len(notes) == 2 and all(n.startswith("note: set aside the foreign part") for n in notes)
+  assert str(parts / "part-000001.npz") in notes[0] and "other settings" in notes[0]
+  assert str(parts / "part-000002.npz") in notes[1] and "no settings digest" in notes[1]
+  # The next run neither reads nor reports them again.
+  assert sorted(generate._read_parts(str(parts), generate.settings_digest(other))) == [(3, 0)]
+  assert capsys.readouterr().err == ""
+
+
+def flip_payload_byte(path, member):
+  """Flips the last byte of ``member``'s data in the (uncompressed) npz ``path``."""
+  with zipfile.ZipFile(path) as z:
+    info = z.getinfo(member)
+  data = bytearray(open(path, "rb").read())
+  header = data[info.header_offset : info.header_offset + 30]
+  start = info.header_offset + 30 + int.from_bytes(header[26:28], "little")
+  start += int.from_bytes(header[28:30], "little")
+  data[start + info.compress_size - 1] ^= 0xFF
+  open(path, "wb").write(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "crc", "garbage", "empty"])
+def test_damaged_parts_are_set_aside_and_generated_again(tmp_path, capsys, damage):
+  parts = parts_dir(tmp_path / "out")
+  digest = generate.settings_digest(SETTINGS)
+  generate._write_part(str(parts), "part-", 0, part_arrays(classes=(3,), index=(0,)), digest)
+  generate._write_part(str(parts), "part-", 1, part_arrays(), digest)
+  path = parts / "part-000001.npz"
+  if damage == "truncated":
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+  elif damage == "crc":
+    flip_payload_byte(path, "images.npy")
+    with np.load(path) as f, pytest.raises(zipfile.BadZipFile, match="CRC"):
+      f["images"]
+  elif damage == "garbage":
+    path.write_bytes(b"not an npz archive")
+  else:
+    path.write_bytes(b"")
+  done = generate._read_parts(str(parts), digest)
+  assert sorted(done) == [(3, 0)]
+  assert sorted(os.listdir(parts)) == ["part-000000.npz", "part-000001.npz.damaged"]
+  (note,) = capsys.readouterr().err.splitlines()
+  assert note.startswith(f"note: set aside the damaged part {path} as part-000001.npz.damaged")
+  assert note.endswith("its images are generated again")
+  # Damaged again after a rerun: the earlier damaged file is kept beside it.
+  generate._write_part(str(parts), "part-", 1, part_arrays(), digest)
+  path.write_bytes(b"")
+  assert sorted(generate._read_parts(str(parts), digest)) == [(3, 0)]
+  assert "part-000001.npz.damaged.1" in os.listdir(parts)
+
+
+@pytest.mark.parametrize(
+  "change,problem",
+  [
+    (dict(targets=np.asarray([1, 7], np.int64)), "different lengths"),
+    (dict(index=np.asarray([0.0, 1.0, 0.0])), "not integers"),
+    (dict(targets=np.asarray([1.0, 1.0, 7.0])), "not integers"),
+    (dict(seeds=np.zeros((3, 4, 4, 3), np.float32)), "not one batch of images"),
+    (dict(confidence=np.zeros((3, 2), np.float32)), "one value per image"),
+  ],
+)
+def test_a_part_whose_arrays_do_not_fit_together_is_damaged(tmp_path, capsys, change, problem):
+  parts = parts_dir(tmp_path / "out")
+  generate._write_part(
+    str(parts), "part-", 0, {**part_arrays(), **change}, generate.settings_digest(SETTINGS)
+  )
+  assert generate._read_parts(str(parts), generate.settings_digest(SETTINGS)) == {}
+  assert os.listdir(parts) == ["part-000000.npz.damaged"]
+  (note,) = capsys.readouterr().err.splitlines()
+  assert "damaged part" in note and problem in note

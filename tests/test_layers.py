@@ -11,7 +11,10 @@ CORE = {
   "noise",
   "stats",
   "votes",
-  "parallel",  # meshes, shardings and multi-process start: jax and errors only
+  "parallel",  # meshes, shardings and multi-process start: jax and leaf modules only
+  "processes",  # the processes of a job meeting, agreeing and stopping: jax and leaves only
+  "stopping",  # SIGTERM at safe points: the standard library only
+  "locks",  # lock files: errors only
   "certificates",
   "sequential",
   "smoothing",

@@ -508,6 +508,42 @@ def test_input_hashes_and_fingerprint():
   assert results.fingerprint({"a": np.arange(3.0)}) != results.fingerprint(tree)
 
 
+def split_of(labels):
+  """A dataset split of random 4x4 images with ``labels``."""
+  from smoothjax import data
+
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (len(labels), 4, 4, 1), dtype=np.uint8)
+  return data.ArraySplit(images, np.asarray(labels, np.int64))
+
+
+@pytest.mark.parametrize("part", [False, True])
+def test_a_row_whose_label_was_edited_is_refused(tmp_path, part):
+  split = split_of([1, 0, 2])
+  images, labels = split.get(np.arange(3))
+  hashes = results.input_hashes(images, labels)
+  path = tmp_path / "c.tsv"
+  written = results.part_path(path, 1, 2) if part else str(path)
+  columns = CERTIFY_COLUMNS + (results.INPUT_HASH_COLUMN,)
+  with ResultWriter(written, columns, settings=SETTINGS) as w:
+    for i, (label, predict) in enumerate([(1, 1), (0, 3), (2, 2)]):
+      row = dict(idx=i, label=label, predict=predict, radius=0.5, time=1.0, input_hash=hashes[i])
+      w.write(dict(row, correct=int(predict == label)))
+  results.check_inputs_unchanged(read_results(written), split, written, "test")
+  # Input 1 (label 0, predicted 3) edited into a correct row, its input_hash kept.
+  text = open(written).read()
+  assert "\n1\t0\t3\t0.5000\t0\t" in text
+  open(written, "w").write(text.replace("\n1\t0\t3\t0.5000\t0\t", "\n1\t3\t3\t0.5000\t1\t"))
+  edited = read_results(written)
+  assert edited.correct.tolist() == [1, 1, 1]  # consistent with itself: the reader keeps it
+  with pytest.raises(InputError) as e:
+    results.check_inputs_unchanged(edited, split, written, "test")
+  message = str(e.value)
+  assert "\n" not in message and message.startswith(f"{written}: the row of input 1 has label 3")
+  assert "gives that input label 0" in message and "edited or comes from another dataset" in message
+  assert message.endswith("write into another --outfile, or delete the row")
+
+
 def test_settings_mismatch_shows_where_long_values_differ(tmp_path):
   path = tmp_path / "r.tsv"
   old = {"workdir": "/data/experiments/runs/mnist/sigma025/seed0"}
@@ -618,3 +654,21 @@ def test_a_share_refused_by_the_other_files_writes_nothing(tmp_path):
     share.write(make_row(4))
   assert sorted(read_results(path).idx.tolist()) == list(range(5))
   assert results.part_paths(path) == [] and not os.path.exists(f"{path}.lock")
+
+
+@pytest.mark.parametrize("bare", ["part", "file"])
+def test_a_missing_settings_file_is_named_not_called_other_settings(tmp_path, bare):
+  path = tmp_path / "c.tsv"
+  rows = [make_row(i) for i in range(6)]
+  write_all(path, rows[:2])
+  write_parts(path, 2, rows[2:])
+  missing = results.part_path(path, 1, 2) if bare == "part" else str(path)
+  os.remove(settings_path(missing))
+  other = str(path) if bare == "part" else results.part_path(path, 0, 2)
+  with pytest.raises(InputError) as e:
+    read_results(path)
+  message = str(e.value)
+  assert message == (
+    f"the settings file {missing}.settings.json of {missing} is missing, so its rows cannot be "
+    f"trusted to match those of {other}; move {missing} away, or delete it to recompute its rows"
+  )

@@ -53,3 +53,20 @@ def test_workdir_that_is_a_file_is_one_line(tmp_path):
   path.write_text("x")
   proc = run("train.py", "--config=configs/default.py", f"--workdir={path}", check=False)
   assert_one_line_error(proc, "is a file")
+
+
+@pytest.mark.parametrize(
+  "suffix,called",
+  [("", "get_config()"), (":wide", "get_config('wide')")],
+)
+def test_get_config_raising_is_one_line(tmp_path, capsys, suffix, called):
+  from smoothjax.cli import train
+
+  path = tmp_path / "raises.py"
+  path.write_text("def get_config(arg=None):\n  raise RuntimeError('boom')\n")
+  with pytest.raises(SystemExit) as e:
+    train.parse_flags(["train.py", f"--config={path}{suffix}", f"--workdir={tmp_path / 'w'}"])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err == f"error: config file {path}: {called} raised RuntimeError: boom; fix the file\n"
+  assert not (tmp_path / "w").exists()

@@ -54,6 +54,7 @@ from smoothjax import (
   results,
   shares,
   smoothing,
+  stopping,
 )
 from smoothjax import data as data_lib
 from smoothjax.cli.common import (
@@ -271,7 +272,9 @@ def check_options(o: Options) -> Options:
     if getattr(o, name) < 1:
       raise InputError(f"--{name} must be >= 1, got {getattr(o, name)}")
   if o.step_size is not None and not (math.isfinite(o.step_size) and o.step_size > 0):
-    raise InputError(f"--step_size must be > 0, got {o.step_size}; leave it unset for the default")
+    raise InputError(
+      f"--step_size must be a finite number > 0, got {o.step_size}; leave it unset for the default"
+    )
   if o.max < -1 or o.max == 0:
     raise InputError(f"--max must be a dataset index > 0 or -1 (all), got {o.max}")
   if o.count is not None and o.count < 1:
@@ -288,7 +291,7 @@ def check_options(o: Options) -> Options:
     if not 0 < o.alpha < 1:
       raise InputError(f"--alpha must be in (0, 1), got {o.alpha}")
     if o.sigma is not None and not (math.isfinite(o.sigma) and o.sigma > 0):
-      raise InputError(f"--sigma must be > 0, got {o.sigma}")
+      raise InputError(f"--sigma must be a finite number > 0, got {o.sigma}")
   results.check_output_path(o.outfile, "--outfile")
   if o.examples:
     results.check_output_path(o.examples, "--examples")
@@ -527,8 +530,10 @@ def _run_attack(o: Options) -> dict:
     if len(todo) < mine:
       print(f"resuming: {mine - len(todo)} of {mine} inputs already in {o.outfile}")
     desc = "attack" if share.count == 1 else f"attack [{share.index}/{share.count}]"
-    with tqdm(total=len(todo), desc=desc, unit="input") as bar:
+    # SIGTERM is acted on between two batches of inputs (smoothjax.stopping).
+    with tqdm(total=len(todo), desc=desc, unit="input") as bar, stopping.deferred():
       for start in range(0, len(todo), evaluate.size):
+        stopping.check()
         idx = todo[start : start + evaluate.size]
         t0 = time.time()
         images, labels, clean_pred, adv_preds, _ = evaluate(idx)

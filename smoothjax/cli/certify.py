@@ -67,6 +67,7 @@ from smoothjax import (
   shares,
   sizing,
   smoothing,
+  stopping,
 )
 from smoothjax import data as data_lib
 from smoothjax.cli.common import define_evaluation_flags, run_app
@@ -493,8 +494,10 @@ def _run(model, split, indices, share, noise_dist, predict_mode, batch) -> None:
   desc = "predict" if predict_mode else "certify"
   if share.count > 1:
     desc += f" [{share.index}/{share.count}]"
-  with tqdm(total=len(todo), desc=desc, unit="input") as bar:
+  # SIGTERM is acted on between two groups of inputs (smoothjax.stopping).
+  with tqdm(total=len(todo), desc=desc, unit="input") as bar, stopping.deferred():
     for start in range(0, len(todo), group):
+      stopping.check()
       idx = todo[start : start + group]
       images, labels = split.get(idx)
       hashes = results.input_hashes(images, labels)

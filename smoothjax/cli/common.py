@@ -7,7 +7,13 @@ Every program ends in one of:
   user can cause: an :class:`~smoothjax.errors.InputError`, a bad flag or
   argument, a path that cannot be read or written, a full disk;
 * ``error: internal error: <type>: <message> (set SMOOTHJAX_DEBUG=1 for the
-  traceback)``, exit status 1, for a bug.
+  traceback)``, exit status 1, for a bug;
+* ``error: stopped by SIGTERM; rerun the same command to resume``, exit status 143,
+  at the next safe point after SIGTERM (:mod:`smoothjax.stopping`); 130 for Ctrl-C;
+* in a multi-process job, a process that ends with an error leaves a notice that
+  stops the other processes too, each with one line naming the process; a process
+  that dies outright ends the others with exit status 3
+  (:mod:`smoothjax.processes`).
 
 With ``SMOOTHJAX_DEBUG=1`` in the environment the traceback is printed too.
 """
@@ -22,7 +28,7 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
-from smoothjax import numerics
+from smoothjax import numerics, processes, stopping
 from smoothjax.errors import InputError
 from smoothjax.models import transforms
 
@@ -56,10 +62,13 @@ def _one_line(text: str, limit: int = 500) -> str:
   return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _fail(message: str, status: int) -> None:
+def _fail(message: str, status: int, *, tell_others: bool = True) -> None:
   if _debug():
     traceback.print_exc()
-  print(f"error: {_one_line(message, 2000)}", file=sys.stderr, flush=True)
+  message = _one_line(message, 2000)
+  if tell_others:  # In a multi-process job: the others stop too, instead of waiting.
+    processes.announce(f"stopped with an error ({_one_line(message, 300)})", status)
+  print(f"error: {message}", file=sys.stderr, flush=True)
   sys.exit(status)
 
 
@@ -86,8 +95,13 @@ def run_main(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
       # orbax logs a failed background write (a full disk) with tracebacks from every
       # writer thread; the failure reaches us as an exception and becomes one line.
       logging.get_absl_logger().addFilter(_not_from_orbax)
+    stopping.install()  # SIGTERM stops the program at a safe point (exit 143).
     try:
       return main(argv)
+    except stopping.Stopped as e:
+      # A stop this process was asked for has told the others already; one they told it
+      # of needs no telling.
+      _fail(str(e), e.status, tell_others=False)
     except (InputError, app.UsageError) as e:
       _fail(str(e), USER_ERROR)
     except KeyboardInterrupt:

@@ -25,6 +25,13 @@ Writes into ``--outdir``:
   confidence samples from the three keys of ``split(fold_in(fold_in(key(seed), c),
   j), 3)``, so it is the same whatever else is generated with it.
 
+Each part (``parts/part-*.npz``) records the digest of the settings it was generated
+with (:func:`settings_digest`, the ``settings_digest`` array). A resumed run merges only
+the parts of its own settings and sets the others aside in ``parts/``, with a note on
+stderr, and generates their images again: a part without a digest or with another one
+(copied from another outdir) is renamed ``NAME.foreign``; one that cannot be read
+(truncated, a CRC error) or whose arrays do not fit together, ``NAME.damaged``.
+
 Seeds (``--seed_dist``): ``class_gaussian`` draws from a Gaussian fitted to the
 target class's training images on a grid downsampled by ``--seed_factor``
 (Santurkar et al.; fitted once and cached in ``WORKDIR/generation/``), ``real``
@@ -35,11 +42,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
+import hashlib
 import json
 import math
 import os
+import re
 import sys
+import zipfile
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -57,11 +67,13 @@ from smoothjax import (
   numerics,
   parallel,
   pictures,
+  processes,
   shares,
+  stopping,
 )
 from smoothjax import data as data_lib
 from smoothjax.cli.common import define_evaluation_flags, evaluation_settings, run_app
-from smoothjax.errors import InputError
+from smoothjax.errors import InputError, one_line
 from smoothjax.models import transforms
 
 NORMS = ("l2", "linf")
@@ -148,12 +160,14 @@ def check_options(o: Options) -> Options:
     raise InputError(f"--seed_factor must be >= 1, got {o.seed_factor}")
   eps = DEFAULT_EPS[o.norm] if o.eps is None else o.eps
   if not (math.isfinite(eps) and eps > 0):
-    raise InputError(f"--eps must be > 0, got {eps}")
+    raise InputError(f"--eps must be a finite number > 0, got {eps}")
   step_size = DEFAULT_STEP_SIZE[o.norm] if o.step_size is None else o.step_size
   if step_size is not None and not (math.isfinite(step_size) and step_size > 0):
-    raise InputError(f"--step_size must be > 0, got {step_size}; leave it unset for the default")
+    raise InputError(
+      f"--step_size must be a finite number > 0, got {step_size}; leave it unset for the default"
+    )
   if o.sigma is not None and not (math.isfinite(o.sigma) and o.sigma > 0):
-    raise InputError(f"--sigma must be > 0, got {o.sigma}")
+    raise InputError(f"--sigma must be a finite number > 0, got {o.sigma}")
   if o.classes is not None:
     if not o.classes:
       raise InputError("--classes lists no class; leave it unset for every class")
@@ -192,12 +206,24 @@ def _noise(o: Options, config, info):
     raise InputError(f"the training noise (config.noise) of the run: {e}") from None
 
 
-def _load_judge(o: Options, config, info):
+def _load_judge(o: Options, config, info, model_fingerprint: str):
+  """The ``--judge`` model, ready for inference; None without one.
+
+  Args:
+    model_fingerprint: the generating model's (:func:`smoothjax.hashing.fingerprint` of its
+      state as trained): a judge with the same parameters (a copy of the generating
+      workdir) is no independent judge.
+  """
   if not o.judge:
     return None
   if os.path.abspath(o.judge) == os.path.abspath(o.workdir):
     raise InputError("--judge is the generating run itself; pass an independently trained run")
   judge, judge_config, judge_info, _ = checkpointing.restore_model(o.judge, o.judge_epoch)
+  if hashing.fingerprint(nnx.state(judge)) == model_fingerprint:  # As trained, before folding.
+    raise InputError(
+      f"--judge {o.judge} holds the same parameters as the generating run {o.workdir} (a copy "
+      "of it), so it is no independent judge; pass an independently trained run"
+    )
   if judge_config.dataset != config.dataset:
     raise InputError(
       f"--judge {o.judge} was trained on {judge_config.dataset!r}, the generating run on "
@@ -215,14 +241,17 @@ def _load_judge(o: Options, config, info):
   return transforms.for_inference(judge, fold=o.fold_batchnorm, dtype=o.dtype)
 
 
-def _settings(o: Options, model, meta, config, noise_dist, factor) -> dict:
-  """What every image depends on: a resumed outdir must have been written with the same."""
+def _settings(o: Options, model_fingerprint: str, meta, config, noise_dist, factor) -> dict:
+  """What every image depends on: a resumed outdir must have been written with the same.
+
+  ``model_fingerprint`` is the generating model's, as trained (before folding).
+  """
   return {
     "program": "generate",
     "workdir": os.path.abspath(o.workdir),
     "epoch": int(meta["epoch"]),
     "step": int(meta["step"]),
-    "model": hashing.fingerprint(nnx.state(model)),  # As trained, before folding.
+    "model": model_fingerprint,
     **evaluation_settings(o.dtype, o.fold_batchnorm, o.precision),
     "dataset": config.dataset,
     "loss": o.loss,
@@ -402,19 +431,101 @@ def _judge_predictions(judge, images, batch: int) -> np.ndarray:
 # Output folder: settings, finished parts, merged results.
 
 
-def _read_parts(parts_dir: str) -> dict[tuple[int, int], dict]:
+PART_ARRAYS = ("images", "seeds", "targets", "index", "confidence")
+DIGEST_KEY = "settings_digest"
+# A part's name (parts of a multi-process run name their process); not the temporary
+# ``NAME.tmp.npz`` a writer is filling, nor a part set aside.
+_PART_NAME = re.compile(r"part-(?:\d+-of-\d+-)?\d+\.npz")
+# What reading a damaged npz raises: a cut-off or garbled zip, a CRC mismatch, a bad
+# compressed stream, a file that is not an npz at all.
+_DAMAGED = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def settings_digest(settings: dict) -> str:
+  """The sha256 hex digest of ``settings`` (:func:`_settings`) as canonical JSON.
+
+  Every part records the digest of the settings it was generated with, so that a part
+  of other settings (copied from another outdir) is never merged.
+  """
+  text = json.dumps(settings, sort_keys=True, separators=(",", ":"), allow_nan=False)
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _part_problem(arrays: dict) -> str | None:
+  """What does not fit together in a part's arrays (None if they do)."""
+  images, seeds, targets, index, confidence = (arrays[k] for k in PART_ARRAYS)
+  if images.ndim != 4 or seeds.shape != images.shape:
+    return f"images {images.shape} and seeds {seeds.shape} are not one batch of images"
+  if any(a.ndim != 1 for a in (targets, index, confidence)):
+    return "targets, index and confidence are not one value per image"
+  if len({len(a) for a in arrays.values()}) != 1:
+    return "its arrays have different lengths"
+  if not all(np.issubdtype(a.dtype, np.integer) for a in (targets, index)):
+    return f"targets ({targets.dtype}) and index ({index.dtype}) are not integers"
+  return None
+
+
+def _set_aside(path: str, suffix: str) -> str | None:
+  """Renames part ``path`` to the first free ``path + suffix`` (``.1``, ... after it).
+
+  Returns:
+    The new name; None if ``path`` is gone (another process of the job set it aside).
+  """
+  target, number = path + suffix, 0
+  while os.path.lexists(target):
+    number += 1
+    target = f"{path}{suffix}.{number}"
+  try:
+    os.rename(path, target)
+  except FileNotFoundError:
+    return None
+  return target
+
+
+def _read_part(path: str, digest: str) -> tuple[str, dict | str]:
+  """One part: ``("ok", arrays)``, or ``("foreign" | "damaged", why)``."""
+  try:
+    part = np.load(path)
+    if not isinstance(part, np.lib.npyio.NpzFile):
+      return "damaged", "an array, not an npz archive of arrays"
+    with part:
+      if DIGEST_KEY not in part.files:
+        return "foreign", "it records no settings digest: written elsewhere or by an older version"
+      recorded = part[DIGEST_KEY]
+      if recorded.shape or str(recorded) != digest:
+        return "foreign", "it was generated with other settings, in another outdir"
+      arrays = {k: part[k] for k in PART_ARRAYS}
+  except _DAMAGED as e:
+    return "damaged", one_line(e, 120)
+  problem = _part_problem(arrays)
+  return ("damaged", problem) if problem else ("ok", arrays)
+
+
+def _read_parts(parts_dir: str, digest: str) -> dict[tuple[int, int], dict]:
+  """The images of the parts in ``parts_dir`` generated with settings of ``digest``.
+
+  Sets aside (see the module docstring), with a note on stderr, every other part: one
+  without this digest as ``NAME.foreign``, a damaged one as ``NAME.damaged``; their
+  images are generated again.
+
+  Returns:
+    The arrays' rows by (class, index).
+  """
   done = {}
-  for path in sorted(glob.glob(os.path.join(parts_dir, "part-*.npz"))):
-    try:
-      with np.load(path) as part:
-        arrays = {k: part[k] for k in ("images", "seeds", "targets", "index", "confidence")}
-    except (OSError, ValueError, KeyError):
-      print(
-        f"note: ignoring the damaged part {path}; its images are generated again", file=sys.stderr
-      )
+  names = sorted(n for n in os.listdir(parts_dir) if _PART_NAME.fullmatch(n))
+  for path in (os.path.join(parts_dir, n) for n in names):
+    kind, found = _read_part(path, digest)
+    if kind != "ok":
+      target = _set_aside(path, f".{kind}")
+      if target is not None:  # (None: another process of the job set it aside)
+        print(
+          f"note: set aside the {kind} part {path} as {os.path.basename(target)} ({found}); "
+          "its images are generated again",
+          file=sys.stderr,
+        )
       continue
-    for row, (c, j) in enumerate(zip(arrays["targets"], arrays["index"], strict=True)):
-      done[(int(c), int(j))] = {k: v[row] for k, v in arrays.items()}
+    for row, (c, j) in enumerate(zip(found["targets"], found["index"], strict=True)):
+      done[(int(c), int(j))] = {k: v[row] for k, v in found.items()}
   return done
 
 
@@ -442,12 +553,15 @@ def _check_settings(outdir: str, settings: dict, *, write: bool = True) -> None:
   os.replace(tmp, path)
 
 
-def _write_part(parts_dir: str, prefix: str, number: int, arrays: dict) -> int:
-  """Writes a batch as the first free ``PREFIX<number>.npz`` from ``number`` on; returns next."""
+def _write_part(parts_dir: str, prefix: str, number: int, arrays: dict, digest: str) -> int:
+  """Writes a batch as the first free ``PREFIX<number>.npz`` from ``number`` on; returns next.
+
+  The part records ``digest``, its settings' (:func:`settings_digest`).
+  """
   while os.path.lexists(path := os.path.join(parts_dir, f"{prefix}{number:06d}.npz")):
     number += 1
   tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
+  np.savez(tmp, **arrays, **{DIGEST_KEY: np.asarray(digest)})
   os.replace(tmp, path)
   return number + 1
 
@@ -508,15 +622,20 @@ def _run_generate(o: Options) -> dict:
   model, config, info, meta = checkpointing.restore_model(o.workdir, o.epoch)
   classes = _check_classes(o, info.num_classes)
   noise_dist = _noise(o, config, info)
-  judge = _load_judge(o, config, info)
+  fingerprint = hashing.fingerprint(nnx.state(model))  # As trained, before folding.
+  judge = _load_judge(o, config, info, fingerprint)
   dataset = data_lib.load(config.dataset, data_dir=config.get("data_dir") or None)
   factor = _seed_factor(o, info)
-  settings = _settings(o, model, meta, config, noise_dist, factor)
+  settings = _settings(o, fingerprint, meta, config, noise_dist, factor)
+  digest = settings_digest(settings)
   model = transforms.for_inference(model, fold=o.fold_batchnorm, dtype=o.dtype)
 
   # Under jax.distributed each process generates its share of the images on its own
   # devices into its own parts; process 0 holds the lock, and merges at the end.
   index, count = jax.process_index(), jax.process_count()
+  if count > 1:
+    # Processes started with other command lines fail together, before any work.
+    processes.agree(f"smoothjax {o.outdir} settings", settings, shares.START_TIMEOUT_SECONDS)
   os.makedirs(o.outdir, exist_ok=True)
   lock = os.path.join(o.outdir, "generate.lock")
   held = locks.exclusive(lock, f"output folder {o.outdir}") if index == 0 else None
@@ -528,7 +647,7 @@ def _run_generate(o: Options) -> dict:
       _check_settings(o.outdir, settings, write=False)
     parts_dir = os.path.join(o.outdir, "parts")
     os.makedirs(parts_dir, exist_ok=True)
-    done = _read_parts(parts_dir)
+    done = _read_parts(parts_dir, digest)
     wanted = [(c, j) for c in classes for j in range(o.per_class)]
     mine = parallel.process_share(wanted, index=index, count=count)
     todo = [p for p in mine if p not in done]
@@ -542,8 +661,10 @@ def _run_generate(o: Options) -> dict:
       prefix = "part-" if count == 1 else f"part-{index}-of-{count}-"
       number = 0
       desc = "generate" if count == 1 else f"generate [{index}/{count}]"
-      with tqdm(total=len(todo), desc=desc, unit="image") as bar:
+      # SIGTERM is acted on between two batches (smoothjax.stopping).
+      with tqdm(total=len(todo), desc=desc, unit="image") as bar, stopping.deferred():
         for start in range(0, len(todo), generator.size):
+          stopping.check()
           pairs = np.asarray(todo[start : start + generator.size], np.int64)
           seed_keys, noise_keys, confidence_keys = _split_keys(
             _image_keys(o.seed, pairs[:, 0], pairs[:, 1])
@@ -557,7 +678,7 @@ def _run_generate(o: Options) -> dict:
             "index": pairs[:, 1],
             "confidence": confidence,
           }
-          number = _write_part(parts_dir, prefix, number, arrays)
+          number = _write_part(parts_dir, prefix, number, arrays, digest)
           for row, (c, j) in enumerate(pairs):
             done[(int(c), int(j))] = {k: v[row] for k, v in arrays.items()}
           bar.update(len(pairs))
@@ -566,7 +687,7 @@ def _run_generate(o: Options) -> dict:
       if index != 0:
         print(f"process {index}: its images are in {parts_dir}; process 0 writes the results")
         return {}
-      done = _read_parts(parts_dir)  # every process's parts
+      done = _read_parts(parts_dir, digest)  # every process's parts
     return _finish(o, classes, wanted, done, judge, info)
 
 

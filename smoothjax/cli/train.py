@@ -16,12 +16,16 @@ from ml_collections import config_flags
 
 from smoothjax import numerics, parallel, training
 from smoothjax.cli import common
+from smoothjax.errors import one_line
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, config and metrics.")
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", None, "Training configuration file.", lock_config=True
-)
-flags.mark_flags_as_required(["config", "workdir"])
+
+def _define_flags() -> None:
+  """Defines the flags, once; at run time only, so importing this module defines none."""
+  if "config" in flags.FLAGS:
+    return
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, config and metrics.")
+  config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _fail(message: str):
@@ -39,8 +43,12 @@ def _config_path(argv: list[str]) -> str | None:
 
 
 def _check_config_file(path: str) -> None:
-  """One-line errors for a config file that is missing, broken or lacks get_config()."""
-  path = path.split(":", 1)[0]  # ml_collections passes "FILE:ARG" to get_config(ARG)
+  """One-line errors for a config file that is missing, broken or lacks get_config().
+
+  Calls ``get_config()`` once (with ``ARG`` of ``FILE:ARG``, as ml_collections does when it
+  parses the flag next), so that one raising is one line too, not a traceback.
+  """
+  path, *args = path.split(":", 1)  # ml_collections passes "FILE:ARG" to get_config(ARG)
   if not os.path.isfile(path):
     _fail(f"config file {path} does not exist; pass e.g. --config=configs/default.py")
   spec = importlib.util.spec_from_file_location("_smoothjax_user_config", path)
@@ -51,6 +59,11 @@ def _check_config_file(path: str) -> None:
     _fail(f"config file {path} does not load ({type(e).__name__}: {e}); fix the file")
   if not callable(getattr(module, "get_config", None)):
     _fail(f"config file {path} has no get_config() function; see configs/default.py")
+  try:
+    module.get_config(*args)
+  except Exception as e:  # As above: the user's code.
+    called = f"get_config({', '.join(map(repr, args))})"
+    _fail(f"config file {path}: {called} raised {one_line(e)}; fix the file")
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -71,15 +84,19 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
-  training.validate_config(config)
+  config = flags.FLAGS.config
   # Before JAX starts: XLA reads its flags once.
   numerics.require_deterministic(bool(config.get("deterministic", False)))
-  parallel.initialize_distributed()
-  training.train_and_evaluate(config, _WORKDIR.value)
+  # Before the config's checks, which count the devices (that starts JAX). SIGTERM stays
+  # with JAX's preemption service: its sync points stop every process of a lockstep
+  # training job at the same step (smoothjax.stopping.at_step).
+  parallel.initialize_distributed(take_sigterm=False)
+  training.validate_config(config)
+  training.train_and_evaluate(config, flags.FLAGS.workdir)
 
 
 def run():
+  _define_flags()
   common.show_flags_of(__name__)
   app.run(common.run_main(main), flags_parser=parse_flags)
 
