@@ -431,7 +431,13 @@ def pgd(
       start_key, loss_key = keys_of(key)
       last, _ = run(best, _random_start(start_key, x, eps, norm), loss_key)
       return last
-    best, _ = jax.lax.scan(restart, best, jax.random.split(key, restarts))
+    run_keys = jax.random.split(key, restarts)
+    if restarts == 1:
+      # The scan's one step, without the scan (the same numbers): JAX's key-reuse checker
+      # misreads a scan over keys under vmap.
+      best, _ = restart(best, run_keys[0])
+    else:
+      best, _ = jax.lax.scan(restart, best, run_keys)
     return best[0]
 
   return attack

@@ -49,7 +49,9 @@ PROGRAM_TEST_FILES = frozenset(
     "test_modes.py",
     "test_multihost_training.py",
     "test_multiprocess.py",
+    "test_multiprocess_faults.py",
     "test_noise_cli.py",
+    "test_stopping.py",
     "test_train_cli.py",
     "test_training.py",
   }
@@ -66,6 +68,7 @@ LONG_TESTS = (
   "test_noise_cli.py::test_noise_families_end_to_end",
   "test_generate_cli.py::test_generate_end_to_end",
   "test_multiprocess.py::test_certify_and_attack_on_several_processes",
+  "test_multiprocess_faults.py::test_a_killed_process_ends_the_other",
   "test_modes.py::test_every_mode_steps_the_same_on_8_devices_as_on_1",
   "test_smoothing_multidevice.py::test_certify_batch_on_eight_devices_matches_single_device",
   "test_fixedpoint.py::test_fine_tuning_end_to_end",

@@ -119,12 +119,13 @@ def test_a_killed_process_ends_the_other_with_one_line_and_the_rerun_resumes(
   assert last.startswith("error: ") and len(error_lines(err)) == 1, err
   assert f"process {victim} of 2" in last and "rerun the same command" in last, last
   assert not os.path.exists(results.lock_path(results.part_path(out, survivor, 2)))
-
-  # The same command (here on one process) resumes: every selected input exactly once.
-  run(*args)
-  res = results.read_results(out)
-  assert sorted(res.idx.tolist()) == list(range(0, 300, 25))
-  assert not results.part_paths(out)
+  if victim == 1:
+    # The same command (here on one process) resumes: every selected input exactly once
+    # (test_multiprocess.py resumes a killed 4-process job on 2, row for row).
+    run(*args)
+    res = results.read_results(out)
+    assert sorted(res.idx.tolist()) == list(range(0, 300, 25))
+    assert not results.part_paths(out)
 
 
 def test_processes_started_with_other_settings_all_refuse_before_any_work(tmp_path, workdir):
