@@ -10,8 +10,8 @@ import pytest
 from conftest import assert_one_line_error, run, tiny_run
 
 from smoothjax import pictures, results
-from smoothjax.cli import attack as attack_cli
 from smoothjax.errors import InputError
+from smoothjax.jobs import attack as attack_job
 
 
 def rows_without_time(path):
@@ -79,7 +79,7 @@ def check_output_columns_and_settings(pgd_and_fgsm, workdir):
 
 def check_pgd_lowers_accuracy_more_than_fgsm_and_eps_0_is_clean(pgd_and_fgsm):
   pgd, fgsm, _, pgd_out, fgsm_out = pgd_and_fgsm
-  p, f = attack_cli.summarize(pgd), attack_cli.summarize(fgsm)
+  p, f = attack_job.summarize(pgd), attack_job.summarize(fgsm)
   assert p["inputs"] == f["inputs"] == 40 and p["eps"] == f["eps"] == [0.0, 0.5, 1.5]
   # The same base classifier on the same inputs: the same clean predictions.
   assert p["clean_accuracy"] == f["clean_accuracy"] > 0.6
@@ -202,7 +202,7 @@ def check_linf_pgd_stays_below_clean(workdir, tmp_path):
     "--steps=10",
     "--restarts=2",
   )
-  s = attack_cli.summarize(out)
+  s = attack_job.summarize(out)
   np.testing.assert_array_equal(results.read_results(out).idx, np.arange(0, 500, 25))
   assert s["accuracy"][0] < s["clean_accuracy"] - 0.2
 
@@ -227,7 +227,7 @@ def check_smoothed_attack_then_predict(workdir, tmp_path):
   assert set(res.predict) <= set(range(-1, 10))
   # eps = 0 runs PREDICT on the clean point with the same keys: the same answers.
   np.testing.assert_array_equal(res.extra["predict_eps0"], res.predict)
-  s = attack_cli.summarize(out)
+  s = attack_job.summarize(out)
   assert s["accuracy"][1] < s["clean_accuracy"]
   settings = s["settings"]
   assert settings["smoothed"] is True and settings["attack"] == "smoothadv"
@@ -282,9 +282,9 @@ def test_bad_flags_are_one_line_and_write_nothing(tmp_path, args, pattern):
 )
 def test_bad_settings_are_refused_before_the_model_is_restored(tmp_path, change, pattern):
   out = tmp_path / "out" / "bad.tsv"
-  options = attack_cli.Options(**{"workdir": str(tmp_path / "none"), "outfile": str(out), **change})
+  options = attack_job.Options(**{"workdir": str(tmp_path / "none"), "outfile": str(out), **change})
   with pytest.raises(InputError, match=pattern) as e:
-    attack_cli.run_attack(options)
+    attack_job.run_attack(options)
   assert "\n" not in str(e.value)
   assert not (tmp_path / "out").exists()
 
@@ -292,11 +292,11 @@ def test_bad_settings_are_refused_before_the_model_is_restored(tmp_path, change,
 @pytest.mark.parametrize("name", ["step_size", "sigma"])
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
 def test_infinite_settings_are_refused_as_not_finite(tmp_path, name, value):
-  options = attack_cli.Options(
+  options = attack_job.Options(
     workdir=str(tmp_path / "none"), outfile=str(tmp_path / "o.tsv"), smoothed=True, **{name: value}
   )
   with pytest.raises(InputError, match=f"^--{name} must be a finite number > 0, got "):
-    attack_cli.check_options(options)
+    attack_job.check_options(options)
 
 
 @pytest.mark.parametrize(
@@ -306,9 +306,9 @@ def test_infinite_settings_are_refused_as_not_finite(tmp_path, name, value):
 def test_parse_eps(text, expected):
   if expected is None:
     with pytest.raises(InputError, match="--eps"):
-      attack_cli.parse_eps(text)
+      attack_job.parse_eps(text)
   else:
-    assert attack_cli.parse_eps(text) == expected
+    assert attack_job.parse_eps(text) == expected
 
 
 def check_missing_workdir_and_directory_outfile(workdir, tmp_path):
@@ -340,17 +340,17 @@ def test_summarize_and_table_on_a_hand_written_file(tmp_path):
     "9\t2\t-1\t0\t2\t1\t4\t0\t0:00:01\n"
     "12\t4\t4\t1\t4\t1\t4\t1\t0:00:01\n"
   )
-  s = attack_cli.summarize(path)
+  s = attack_job.summarize(path)
   assert s["inputs"] == 4 and s["eps"] == [0.5, 1.0] and s["settings"] == {}
   assert s["clean_accuracy"] == 0.75 and s["accuracy"] == [0.75, 0.25]
   assert s["clean_abstain_rate"] == 0.25 and s["abstain_rate"] == [0.25, 0.25]
-  text = attack_cli.table({"hand": s})
+  text = attack_job.table({"hand": s})
   assert text.splitlines()[0] == "| run | inputs | clean | eps = 0.5 | eps = 1 | abstain (clean) |"
   assert text.splitlines()[2] == "| hand | 4 | 75.0 | 75.0 | 25.0 | 25.0 |"
   empty = tmp_path / "empty.tsv"
   empty.write_text(path.read_text().splitlines()[0] + "\n")
   with pytest.raises(InputError, match="no result rows"):
-    attack_cli.summarize(empty)
+    attack_job.summarize(empty)
 
 
 def test_attack_end_to_end(tmp_path, tmp_path_factory):

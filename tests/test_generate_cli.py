@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, run, run_processes, tiny_run, train_tiny
 
-from smoothjax.cli import generate
 from smoothjax.errors import InputError
+from smoothjax.jobs import generate
 
 STEPS = ["--steps=4", "--eps=3.0"]
 

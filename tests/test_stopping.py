@@ -12,8 +12,8 @@ import pytest
 from conftest import tiny_run
 
 from smoothjax import shares, stopping, training
-from smoothjax.cli import attack as attack_cli
-from smoothjax.cli import generate
+from smoothjax.jobs import attack as attack_job
+from smoothjax.jobs import generate
 
 
 @pytest.fixture(autouse=True)
@@ -66,16 +66,16 @@ def test_attack_stops_after_the_batch_in_progress_and_releases_its_lock(
       sigterm()  # mid-batch: the batch's other row is still written
 
   monkeypatch.setattr(shares.Share, "write", write_then_sigterm)
-  options = attack_cli.Options(
+  options = attack_job.Options(
     workdir=workdir, outfile=str(out), skip=100, batch=2, eps=(0.5,), steps=2
   )
   with pytest.raises(stopping.Stopped, match="stopped by SIGTERM"):
-    attack_cli.run_attack(options)
+    attack_job.run_attack(options)
   assert written == [0, 100]  # the first batch, whole
   assert not os.path.exists(f"{out}.lock")
   monkeypatch.setattr(shares.Share, "write", write)
   stopping.reset()
-  summary = attack_cli.run_attack(options)  # the same options resume
+  summary = attack_job.run_attack(options)  # the same options resume
   assert summary["inputs"] == 10
 
 

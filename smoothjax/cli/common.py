@@ -188,29 +188,15 @@ class EvaluationFlags:
     """Applies --precision and --deterministic; call before the first computation."""
     numerics.configure(precision=self.precision.value, deterministic=self.deterministic.value)
 
-  def prepare(self, model):
-    """The model as evaluated: folded (--fold_batchnorm), then in --dtype."""
-    return transforms.for_inference(model, fold=self.fold_batchnorm.value, dtype=self.dtype.value)
-
   def settings(self) -> dict:
     """What a result's settings record of the model as evaluated."""
     return evaluation_settings(self.dtype.value, self.fold_batchnorm.value, self.precision.value)
 
-  hints = {
-    "compute_dtype": "the model was evaluated in another dtype (--dtype)",
-    "fold_batchnorm": "BatchNorm was folded or not (--fold_batchnorm)",
-    "precision": "the matmul precision (--precision) differs",
-  }
+  hints = transforms.EVALUATION_HINTS
   """What a difference in each of :meth:`settings` means, for a refused resume."""
 
 
-def evaluation_settings(dtype: str, fold_batchnorm: bool, precision: str) -> dict:
-  """What a result's settings record of how its model was evaluated."""
-  return {
-    "compute_dtype": dtype,
-    "fold_batchnorm": bool(fold_batchnorm),
-    "precision": precision,
-  }
+evaluation_settings = transforms.evaluation_settings
 
 
 _EVALUATION_FLAGS: list[EvaluationFlags] = []

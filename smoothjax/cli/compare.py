@@ -18,9 +18,10 @@ certified at ``--sigma`` (in the family ``--noise``, default Gaussian);
 accuracy is tabulated and drawn in ``--norm`` (default l2; l1 to compare Laplace or
 uniform smoothing with Gaussian, whose radii certify.py writes in every norm).
 
-The programs run as separate processes, as a user would run them, so every step
-resumes, locks its output and refuses to mix settings; rerunning the same command
-only does what is missing.
+The jobs run in this process (:mod:`smoothjax.jobs`, what ``attack.py`` and
+``certify.py`` run), so every step resumes, locks its output and refuses to mix
+settings; rerunning the same command only does what is missing. Under
+``jax.distributed`` each job runs its share on every process.
 """
 
 from __future__ import annotations
@@ -28,17 +29,16 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 from absl import app, flags
 
-from smoothjax import analysis, checkpointing, results
+from smoothjax import analysis, checkpointing, parallel, results, shares
 from smoothjax import noise as noise_lib
-from smoothjax.cli import attack as attack_cli
 from smoothjax.cli.common import run_app
 from smoothjax.errors import InputError
+from smoothjax.jobs import attack as attack_job
+from smoothjax.jobs import certify as certify_job
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Trained runs to compare (from train.py).")
 _NAMES = flags.DEFINE_list("names", None, "Names of the runs (default: workdir base names).")
@@ -69,8 +69,6 @@ _STEPS = flags.DEFINE_integer("steps", 20, "PGD steps.")
 _RADII = flags.DEFINE_list(
   "radii", ["0", "0.25", "0.5", "0.75", "1.0"], "Radii of the certified-accuracy columns."
 )
-
-HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _floats(name: str, values, *, positive: bool) -> list[float]:
@@ -112,9 +110,9 @@ def _check_flags():
     raise InputError(f"--sigma must be a finite number > 0, got {_SIGMA.value}")
   if _SAME_SIGMA.value and _SIGMA.value is None:
     raise InputError("--same_sigma needs --sigma")
-  unknown = sorted(set(_ATTACKS.value) - set(attack_cli.ATTACKS))
+  unknown = sorted(set(_ATTACKS.value) - set(attack_job.ATTACKS))
   if unknown or not _ATTACKS.value:
-    raise InputError(f"--attacks: choose from {', '.join(attack_cli.ATTACKS)}, got {unknown}")
+    raise InputError(f"--attacks: choose from {', '.join(attack_job.ATTACKS)}, got {unknown}")
   eps = {"l2": _floats("eps_l2", _EPS_L2.value, positive=True)}
   eps["linf"] = _floats("eps_linf", _EPS_LINF.value, positive=True)
   radii = sorted(_floats("radii", _RADII.value, positive=False))
@@ -142,20 +140,9 @@ def _check_flags():
   return runs, eps, radii
 
 
-def _program(script: str, args: list[str]) -> None:
-  cmd = [sys.executable, os.path.join(HERE, script), *args]
-  print(f"\n$ {' '.join(cmd[1:])}", flush=True)
-  proc = subprocess.run(cmd, check=False)
-  if proc.returncode:
-    # The program printed its own one-line error.
-    sys.exit(proc.returncode)
-
-
-def _selection_args() -> list[str]:
-  args = [f"--skip={_SKIP.value}", f"--max={_MAX.value}", f"--seed={_SEED.value}"]
-  if _COUNT.value is not None:
-    args.append(f"--count={_COUNT.value}")
-  return args
+def _selection() -> dict:
+  """The jobs' selection and seed options: compare.py's flags of the same names."""
+  return {"skip": _SKIP.value, "max": _MAX.value, "count": _COUNT.value, "seed": _SEED.value}
 
 
 def _evaluate(run, eps, outdir):
@@ -165,40 +152,40 @@ def _evaluate(run, eps, outdir):
   for attack in _ATTACKS.value:
     for norm in ("l2", "linf"):
       path = os.path.join(folder, f"attack_{attack}_{norm}.tsv")
-      _program(
-        "attack.py",
-        [
-          f"--workdir={run['workdir']}",
-          f"--outfile={path}",
-          f"--attack={attack}",
-          f"--norm={norm}",
-          f"--eps={','.join(f'{e:g}' for e in eps[norm])}",
-          f"--steps={_STEPS.value}",
-          f"--batch={min(_BATCH.value, 256)}",
-          *_selection_args(),
-        ],
+      print(f"\n== {run['name']}: {attack} {norm} -> {path}", flush=True)
+      attack_job.run(
+        attack_job.Options(
+          workdir=run["workdir"],
+          outfile=path,
+          attack=attack,
+          norm=norm,
+          eps=tuple(float(f"{e:g}") for e in eps[norm]),  # as attack.py's --eps had them
+          steps=_STEPS.value,
+          batch=min(_BATCH.value, 256),
+          **_selection(),
+        )
       )
-      attacks[(attack, norm)] = attack_cli.summarize(path)
+      attacks[(attack, norm)] = attack_job.summarize(path)
   # Gaussian files keep their earlier names, so earlier comparisons resume.
   family = "" if run["family"] == "gaussian" else f"{run['family']}_"
   certify_path = os.path.join(folder, f"certify_{family}sigma{run['sigma']:g}.tsv")
-  noise_args = []
+  noise = None
   if float(run["config"].get("noise_sd", 0.0)) == 0 and run["family"] != "gaussian":
-    noise_args = [f"--noise={run['family']}"]
-  _program(
-    "certify.py",
-    [
-      f"--workdir={run['workdir']}",
-      f"--outfile={certify_path}",
-      f"--n0={_N0.value}",
-      f"--n={_N.value}",
-      f"--alpha={_ALPHA.value}",
-      f"--batch={_BATCH.value}",
-      f"--sigma={run['sigma']}",
-      *noise_args,
-      "--inputs_per_step=10",
-      *_selection_args(),
-    ],
+    noise = run["family"]
+  print(f"\n== {run['name']}: certify at sigma {run['sigma']:g} -> {certify_path}", flush=True)
+  certify_job.run(
+    certify_job.Options(
+      workdir=run["workdir"],
+      outfile=certify_path,
+      n0=_N0.value,
+      n=_N.value,
+      alpha=_ALPHA.value,
+      batch=_BATCH.value,
+      sigma=float(run["sigma"]),
+      noise=noise,
+      inputs_per_step=10,
+      **_selection(),
+    )
   )
   return attacks, analysis.in_norm(results.read_results(certify_path), _NORM.value)
 
@@ -282,6 +269,8 @@ def plot(rows, eps, path):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # Before anything reads a workdir: multi-process JAX starts before any other JAX call.
+  parallel.initialize_distributed(shutdown_timeout_seconds=shares.FINISH_TIMEOUT_SECONDS)
   runs, eps, radii = _check_flags()
   outdir = _OUTDIR.value
   os.makedirs(outdir, exist_ok=True)

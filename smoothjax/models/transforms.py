@@ -150,3 +150,20 @@ __all__ = [
   "for_inference",
   "with_dtype",
 ]
+
+
+def evaluation_settings(dtype: str, fold_batchnorm: bool, precision: str) -> dict:
+  """What a result's settings record of how its model was evaluated."""
+  return {
+    "compute_dtype": dtype,
+    "fold_batchnorm": bool(fold_batchnorm),
+    "precision": precision,
+  }
+
+
+EVALUATION_HINTS = {
+  "compute_dtype": "the model was evaluated in another dtype (--dtype)",
+  "fold_batchnorm": "BatchNorm was folded or not (--fold_batchnorm)",
+  "precision": "the matmul precision (--precision) differs",
+}
+"""What a difference in each of :func:`evaluation_settings` means, for a refused resume."""
