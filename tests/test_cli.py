@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import IN_PROCESS_CASES, REPO_ROOT, assert_one_line_error, run, run_python, tiny_run
 
-from smoothjax import results, smoothing
+from smoothjax import jobs, results, smoothing
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,12 @@ def test_certify_resume_gives_the_same_file(workdir, tmp_path):
   out = run("certify.py", f"--workdir={workdir}", f"--outfile={full}", *CERTIFY_ARGS, "--count=6")
   assert "| run | r = 0.00" in out.stdout and "ACR" in out.stdout
   assert (tmp_path / "full.tsv.png").stat().st_size > 1000
-  run("certify.py", f"--workdir={workdir}", f"--outfile={part}", *CERTIFY_ARGS, "--count=3")
+  # The job from Python writes what certify.py writes: the program resumes its file.
+  options = jobs.certify.Options(
+    workdir=workdir, outfile=str(part), n0=20, n=300, alpha=0.01, batch=128, skip=97, count=3
+  )
+  assert jobs.certify.run(options).idx.tolist() == [0, 97, 194]
+  assert results.read_settings(part) == results.read_settings(full)
   # A run killed while writing a row leaves a partial last line.
   with open(part, "a") as f:
     f.write("291\t3\t")
@@ -324,7 +329,7 @@ def test_disk_full_during_certify_is_one_line_and_rerunning_resumes(workdir, tmp
   out = tmp_path / "full.tsv"
   full_disk = """
     import errno
-    from smoothjax import results, smoothing
+    from smoothjax import jobs, results, smoothing
     _append = results.ResultWriter._append
     calls = []
     def append(self, text):
