@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -80,16 +82,15 @@ def check_resume_and_independence(generated, workdirs):
   first = load(outdir)
   copy = str(root / "more")
   shutil.copytree(outdir, copy)
-  proc = run(
-    "generate.py",
-    f"--workdir={run_dir}",
-    f"--outdir={copy}",
-    "--classes=1,7",
-    "--per_class=4",
-    "--m=4",
-    *STEPS,
-  )
-  assert "resuming: 6 of 8 images" in proc.stdout
+  # The job from Python resumes what generate.py wrote.
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    generate.run(
+      generate.Options(
+        workdir=run_dir, outdir=copy, classes=(1, 7), per_class=4, m=4, steps=4, eps=3.0
+      )
+    )
+  assert "resuming: 6 of 8 images" in printed.getvalue()
   more = load(copy)
   assert list(more["targets"]) == [1] * 4 + [7] * 4
   np.testing.assert_array_equal(more["images"][[0, 1, 2, 4, 5, 6]], first["images"])

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import numpy as np
 import pytest
 from conftest import assert_one_line_error, run, train_tiny
 
+from smoothjax import jobs, results
 from smoothjax import noise as noise_lib
-from smoothjax import results
+from smoothjax.errors import InputError
 
 DIM = 28 * 28
 ARGS = ("--n0=20", "--n=400", "--alpha=0.01", "--batch=200", "--skip=199")
@@ -25,6 +28,25 @@ def _certify(workdir, out, *extra, check=True):
   return run("certify.py", f"--workdir={workdir}", f"--outfile={out}", *ARGS, *extra, check=check)
 
 
+def _certify_job(workdir, out, **options) -> str:
+  """certify.py's job with ``ARGS``, in this process; returns what it printed."""
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    jobs.certify.run(
+      jobs.certify.Options(
+        workdir=str(workdir),
+        outfile=str(out),
+        n0=20,
+        n=400,
+        alpha=0.01,
+        batch=200,
+        skip=199,
+        **options,
+      )
+    )
+  return printed.getvalue()
+
+
 def certifier(laplace_workdir, root):
   """``certified(spec) -> (path, stdout)``: the workdir certified under ``spec``, once."""
   root, done = root / "certified", {}
@@ -33,8 +55,7 @@ def certifier(laplace_workdir, root):
     if spec not in done:
       name = (spec or "laplace").split(":")[0] + f"_{len(done)}"
       out = root / f"{name}.tsv"
-      proc = _certify(laplace_workdir, out, *([f"--noise={spec}"] if spec else []))
-      done[spec] = (out, proc.stdout)
+      done[spec] = (out, _certify_job(laplace_workdir, out, noise=spec))
     return done[spec]
 
   return get
@@ -77,31 +98,39 @@ def check_certify_writes_radii_in_every_norm(certified, spec):
 
 def check_resuming_with_another_noise_is_refused(laplace_workdir, tmp_path):
   out = tmp_path / "r.tsv"
-  _certify(laplace_workdir, out, "--count=1")
+  _certify_job(laplace_workdir, out, count=1)
   before = out.read_text()
   proc = _certify(laplace_workdir, out, "--count=2", "--noise=uniform:0.5", check=False)
   assert_one_line_error(proc, "noise: 'laplace:0.5' in file vs 'uniform:0.5' now")
   assert out.read_text() == before
   # The same noise written out in full is the same setting.
-  _certify(laplace_workdir, out, "--count=2", "--noise=laplace:0.5")
+  _certify_job(laplace_workdir, out, count=2, noise="laplace:0.5")
   assert len(out.read_text().splitlines()) == 3
 
 
 BAD_NOISE = [
   # The flags alone are wrong: refused before the workdir is read.
-  (["--noise=laplace:-1"], "--noise laplace:-1: sigma must be a finite number > 0"),
-  (["--noise=uniform:0.5", "--sigma=0.25"], "sets its own scale, and sigma 0.25 is also given"),
+  (dict(noise="laplace:-1"), "--noise laplace:-1: sigma must be a finite number > 0"),
+  (dict(noise="uniform:0.5", sigma=0.25), "sets its own scale, and sigma 0.25 is also given"),
   # Wrong only for these inputs (d = 784): refused once the dataset is known.
-  (["--noise=expinf:0.5:j=783"], "j < d - 1 = 783"),
+  (dict(noise="expinf:0.5:j=783"), "j < d - 1 = 783"),
 ]
 
 
 def check_bad_noise_is_one_line_and_writes_nothing(laplace_workdir, tmp_path):
-  for extra, message in BAD_NOISE:
+  # The job's errors; certify.py prints each as its one line (test_cli.py's table).
+  for options, message in BAD_NOISE:
     out = tmp_path / "sub" / "bad.tsv"
-    proc = _certify(laplace_workdir, out, *extra, check=False)
-    assert_one_line_error(proc, message)
+    with pytest.raises(InputError) as e:
+      _certify_job(laplace_workdir, out, **options)
+    assert message in str(e.value) and "\n" not in str(e.value), e.value
     assert not (tmp_path / "sub").exists()
+  # And certify.py's one line for the last.
+  proc = _certify(
+    laplace_workdir, tmp_path / "sub" / "bad.tsv", "--noise=expinf:0.5:j=783", check=False
+  )
+  assert_one_line_error(proc, BAD_NOISE[-1][1])
+  assert not (tmp_path / "sub").exists()
 
 
 def check_analyze_in_a_chosen_norm_mixes_families(certified, tmp_path):
