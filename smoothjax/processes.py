@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import json
 import os
 import signal
 import sys
@@ -247,8 +248,6 @@ def agree(name: str, values: Mapping[str, Any], timeout_seconds: float) -> None:
     InputError: a process's values differ from process 0's (the message names the
       process and the keys), or the processes did not all come.
   """
-  import json
-
   text = json.dumps(dict(values), sort_keys=True, default=str)
   brought = meet(name, timeout_seconds, text)
   first = json.loads(brought[0])

@@ -37,7 +37,7 @@ class Stopped(Exception):  # noqa: N818 - not an error of the program: a request
 
 
 _state = {"reason": None, "deferred": 0, "last_probe": 0.0}
-# Set by smoothjax.parallel in a multi-process job: leave a notice for the other processes,
+# Set by smoothjax.processes in a multi-process job: leave a notice for the other processes,
 # and read theirs (None when there is none).
 _announce: Callable[[str, int], None] | None = None
 _probe: Callable[[], tuple[str, int] | None] | None = None
@@ -58,12 +58,7 @@ def install() -> bool:
 
 def _on_sigterm(signum, frame) -> None:
   del signum, frame
-  first = _state["reason"] is None
-  if first:
-    _state["reason"] = "SIGTERM"
-    if _announce is not None:
-      with contextlib.suppress(Exception):
-        _announce("was stopped by SIGTERM", SIGTERM_STATUS)
+  request("SIGTERM")
   if not _state["deferred"]:
     raise _local_stop()
 

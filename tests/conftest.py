@@ -174,13 +174,16 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def start_processes(args, num_processes: int, *, devices: int = 1, port: int | None = None):
+def start_processes(
+  args, num_processes: int, *, devices: int = 1, port: int | None = None, extra=None
+):
   """Starts ``python ARGS`` as the ``num_processes`` processes of one multi-process JAX job.
 
   They find each other on 127.0.0.1 through the environment variables a user sets
   (``SMOOTHJAX_DISTRIBUTED=1``, ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
-  ``JAX_PROCESS_ID``), each with ``devices`` CPU devices. Returns the ``Popen`` objects
-  (stdout and stderr piped, text); :func:`wait_processes` collects them.
+  ``JAX_PROCESS_ID``), each with ``devices`` CPU devices; ``extra[i]``, if given, are
+  arguments of process ``i`` alone. Returns the ``Popen`` objects (stdout and stderr
+  piped, text); :func:`wait_processes` collects them.
   """
   port = free_port() if port is None else port
   procs = []
@@ -195,7 +198,7 @@ def start_processes(args, num_processes: int, *, devices: int = 1, port: int | N
       JAX_NUM_PROCESSES=str(num_processes),
       JAX_PROCESS_ID=str(index),
     )
-    procs.append(popen_python(args, env))
+    procs.append(popen_python([*args, *(extra[index] if extra else ())], env))
   return procs
 
 

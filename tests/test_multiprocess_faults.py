@@ -13,7 +13,6 @@ import time
 import pytest
 from conftest import (
   _child_env,
-  free_port,
   popen_python,
   run,
   start_processes,
@@ -131,30 +130,15 @@ def test_a_killed_process_ends_the_other_with_one_line_and_the_rerun_resumes(
 def test_processes_started_with_other_settings_all_refuse_before_any_work(tmp_path, workdir):
   out = tmp_path / "out.tsv"
   args = [CERTIFY[0], f"--workdir={workdir}", *SELECT, f"--outfile={out}", "--n0=20"]
-  outcomes = _run_mixed(args)
+  # Process 0 with --n=1000, process 1 with --n=300.
+  procs = start_processes(args, 2, extra=[["--n=1000"], ["--n=300"]])
+  outcomes = wait_processes(procs, what="certify with other settings", check=False, timeout=300)
   for code, _, err in outcomes:
     lines = error_lines(err)
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, outcomes
     assert "different settings" in lines[0] and "n: 1000 on process 0 vs 300" in lines[0], lines
     assert "same command line" in lines[0], lines
   assert not [name for name in os.listdir(tmp_path) if name.startswith("out.tsv")]
-
-
-def _run_mixed(args):
-  """A 2-process job whose process 0 has ``--n=1000`` and process 1 ``--n=300``."""
-  port = free_port()
-  procs = []
-  for index, n in enumerate((1000, 300)):
-    env = _child_env()
-    env.pop("XLA_FLAGS", None)
-    env.update(
-      SMOOTHJAX_DISTRIBUTED="1",
-      JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-      JAX_NUM_PROCESSES="2",
-      JAX_PROCESS_ID=str(index),
-    )
-    procs.append(popen_python([*args, f"--n={n}"], env))
-  return wait_processes(procs, what="certify with other settings", check=False, timeout=300)
 
 
 def test_sigterm_stops_a_single_process_run_and_releases_its_lock(tmp_path, workdir):

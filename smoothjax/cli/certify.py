@@ -121,12 +121,12 @@ _NORM = flags.DEFINE_enum(
   "primary norm of its noise: l2 for Gaussian, l1 for Laplace and uniform).",
 )
 
+_REPORT_ONLY = ("plot", "format", "max_radius", "norm")
+# The flags of a certify run but not of its report: the job's options, and --deterministic.
 _CERTIFY_ONLY = (
-  *(field.name for field in job.Options.__dataclass_fields__.values()),
+  *(name for name in job.Options.__dataclass_fields__ if name not in _REPORT_ONLY),
   "deterministic",
 )
-_REPORT_ONLY = ("plot", "format", "max_radius", "norm")
-_CERTIFY_ONLY = tuple(name for name in _CERTIFY_ONLY if name not in _REPORT_ONLY)
 
 
 def _present(name: str) -> bool:

@@ -188,16 +188,6 @@ class EvaluationFlags:
     """Applies --precision and --deterministic; call before the first computation."""
     numerics.configure(precision=self.precision.value, deterministic=self.deterministic.value)
 
-  def settings(self) -> dict:
-    """What a result's settings record of the model as evaluated."""
-    return evaluation_settings(self.dtype.value, self.fold_batchnorm.value, self.precision.value)
-
-  hints = transforms.EVALUATION_HINTS
-  """What a difference in each of :meth:`settings` means, for a refused resume."""
-
-
-evaluation_settings = transforms.evaluation_settings
-
 
 _EVALUATION_FLAGS: list[EvaluationFlags] = []
 
