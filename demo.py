@@ -3,7 +3,7 @@
   python demo.py [--outdir demo_output] [--n 10000] [--skip 4] [--epochs E]
 
 Runs the two programs exactly as a user would, printing each command first:
-trains the small CNN under Gaussian noise (configs/default.py), certifies every
+trains the small CNN under Gaussian noise (smoothjax/configs/default.py), certifies every
 `skip`-th embedded test digit with CERTIFY (n0 = 100, n noise samples, alpha =
 0.001), then prints the certified-accuracy table and writes the plot. Rerunning
 resumes both steps; a rerun with more --epochs trains on and certifies the new
@@ -22,7 +22,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SIGMA = 0.25  # configs/default.py's noise_sd
+SIGMA = 0.25  # smoothjax/configs/default.py's noise_sd
 
 
 class _Error(Exception):

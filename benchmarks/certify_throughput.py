@@ -24,7 +24,7 @@ as compile time), then ``--repeats`` times, the methods taking turns within each
 so that load from other processes hits them alike; the table gives the median and best.
 When several devices are visible the forward batch and the noise samples of
 ``sample_counts``/``certify_batch`` are sharded over a ``data`` mesh
-(:func:`smoothjax.parallel.make_mesh`); the naive loop stays on one device, as in
+(:func:`smoothjax.devices.parallel.make_mesh`); the naive loop stays on one device, as in
 Cohen et al.'s code.
 
 Usage::

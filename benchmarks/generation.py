@@ -7,7 +7,7 @@ resumes):
   classifier (another architecture) that scores every model's images;
 * ``standard``: the demo CNN, clean training;
 * ``gaussian``: the demo CNN under Gaussian noise, sigma 0.5 (Cohen et al.);
-* ``smoothadv``: SmoothAdv (configs/embedded_smoothadv.py, sigma 0.25);
+* ``smoothadv``: SmoothAdv (smoothjax/configs/embedded_smoothadv.py, sigma 0.25);
 * ``fixedpoint``: the standard model fine-tuned with the fixed-point objective
   (``mode=fixedpoint``, ``init_from`` the standard run).
 
@@ -74,24 +74,24 @@ def main():
   seconds = {
     "judge": train(
       "judge",
-      "configs/default.py",
+      "default",
       "--config.model=lenet",
       "--config.mode=standard",
       "--config.noise_sd=0.0",
       "--config.seed=1",
     ),
     "standard": train(
-      "standard", "configs/default.py", "--config.mode=standard", "--config.noise_sd=0.0"
+      "standard", "default", "--config.mode=standard", "--config.noise_sd=0.0"
     ),
-    "gaussian": train("gaussian", "configs/default.py", "--config.noise_sd=0.5"),
-    "smoothadv": train("smoothadv", "configs/embedded_smoothadv.py"),
+    "gaussian": train("gaussian", "default", "--config.noise_sd=0.5"),
+    "smoothadv": train("smoothadv", "embedded_smoothadv"),
   }
   started = time.time()
   _run(
     [
       py,
       "train.py",
-      "--config=configs/default.py",
+      "--config=default",
       f"--workdir={workdir('fixedpoint')}",
       "--config.mode=fixedpoint",
       "--config.noise_sd=0.0",

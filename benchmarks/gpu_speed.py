@@ -18,21 +18,21 @@ with randomly initialised models (``cnn`` on 28x28x1, ``resnet20``/``resnet110``
   pass and optimiser update) on random images for modes ``standard`` and ``noise``
   (Gaussian augmentation) and ``compute_dtype`` ``float32`` and ``bfloat16`` (mixed
   precision: float32 parameters, bfloat16 activations), with ``crop_flip`` augmentation
-  for the 32x32 models, as configs/default.py otherwise sets it;
+  for the 32x32 models, as smoothjax/configs/default.py otherwise sets it;
 * ``--accuracy``: the embedded MNIST digits trained with
   :func:`smoothjax.training.train_and_evaluate` once in float32 and once in bfloat16
   (same seed), their clean test accuracy and accuracy under the training noise, the
   training time, and the clean test accuracy of each trained model evaluated in every
   (dtype, fold) variant, with its agreement with the float32 unfolded predictions.
 
-The certification step size is :func:`smoothjax.sizing.auto_batch` of each model
+The certification step size is :func:`smoothjax.devices.sizing.auto_batch` of each model
 variant on accelerators (``--batch`` overrides it) and small fixed sizes on CPUs;
 ``n`` is 100,000 on accelerators. Every measurement runs once to warm up (its time minus
 the steady-state median is reported as compile time), then ``--repeats`` times, the
 variants of one model taking turns within each repeat so that load from other processes
 hits them alike (certify_throughput.py's timing, imported from there); tables give
 medians and bests. ``--precision`` and ``--deterministic`` set the process's numerics
-(:func:`smoothjax.numerics.configure`) before anything is computed, so running the script
+(:func:`smoothjax.devices.numerics.configure`) before anything is computed, so running the script
 twice measures their cost.
 
 Usage::
@@ -66,10 +66,12 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import smoothjax as sj  # noqa: E402
-from configs import default as default_config  # noqa: E402
-from smoothjax import checkpointing, numerics, parallel, sizing, training  # noqa: E402
 from smoothjax import data as data_lib  # noqa: E402
+from smoothjax import training  # noqa: E402
+from smoothjax.configs import default as default_config  # noqa: E402
+from smoothjax.devices import numerics, parallel, sizing  # noqa: E402
 from smoothjax.models import transforms  # noqa: E402
+from smoothjax.workdir import checkpoints as checkpointing  # noqa: E402
 
 _MODELS = ("cnn", "resnet20", "resnet110")
 _FOLDS = {"off": False, "on": True}
@@ -167,7 +169,7 @@ def bench_certification(name, *, variants, n, n0, batch, inputs, repeats, sigma,
 
 
 def _train_config(name, *, mode, dtype, batch, sigma, seed, precision, deterministic):
-  """configs/default.py for model ``name`` in ``mode`` and ``dtype``, checked."""
+  """smoothjax/configs/default.py for model ``name`` in ``mode`` and ``dtype``, checked."""
   config = default_config.get_config()
   config.model = name
   config.mode = mode
@@ -428,7 +430,7 @@ def main(argv=None) -> int:
   parser.add_argument("--accuracy", action="store_true", help="also train on embedded MNIST")
   parser.add_argument("--accuracy_model", default="cnn", choices=("cnn", "cnn_tiny", "lenet"))
   parser.add_argument(
-    "--accuracy_epochs", type=int, default=6, help="epochs (6: configs/default.py's)"
+    "--accuracy_epochs", type=int, default=6, help="epochs (6: smoothjax/configs/default.py's)"
   )
   parser.add_argument("--precision", default="default", choices=numerics.PRECISIONS)
   parser.add_argument("--deterministic", action="store_true", help="deterministic GPU ops")

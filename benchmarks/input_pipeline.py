@@ -1,6 +1,6 @@
 """Training input throughput: JPEG decoding + RandomResizedCrop(224) + flip, per grain worker count.
 
-The ImageNet training input of smoothjax (:class:`smoothjax.pipeline.TrainInput` over a
+The ImageNet training input of smoothjax (:class:`smoothjax.data.pipeline.TrainInput` over a
 :class:`smoothjax.data.TfdsSplit`, the code path of ``imagenet2012``) on synthetic
 ImageNet-sized JPEGs (500x375, quality 90, held in memory, so that the disk does not count):
 each example is decoded with PIL, cropped and resized to 224x224 with Cohen et al.'s
@@ -33,7 +33,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from smoothjax import data, pipeline  # noqa: E402
+from smoothjax import data  # noqa: E402
+from smoothjax.data import pipeline  # noqa: E402
 
 
 class JpegSource:

@@ -3,7 +3,7 @@
 For each noise family (Gaussian, Laplace, uniform; Yang et al. 2020, "Randomized
 Smoothing of All Shapes and Sizes") and each sigma (the per-coordinate standard
 deviation, at which the paper compares families), trains the demo CNN on the
-embedded MNIST digits under that noise (configs/default.py with ``config.noise``),
+embedded MNIST digits under that noise (smoothjax/configs/default.py with ``config.noise``),
 certifies every ``skip``-th test digit with CERTIFY under the same noise, and writes
 one table per norm (certified accuracy at each radius, ACR) and one figure of
 certified accuracy against the l1 radius. train.py and certify.py run as a user runs
@@ -66,7 +66,7 @@ def main():
         [
           sys.executable,
           "train.py",
-          "--config=configs/default.py",
+          "--config=default",
           f"--workdir={workdir}",
           f"--config.noise={family}",
           f"--config.noise_sd={sigma}",

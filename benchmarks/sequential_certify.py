@@ -1,7 +1,7 @@
 """Sequential (adaptive) CERTIFY against fixed-n CERTIFY on the demo model.
 
 Certifies the embedded MNIST test digits (every ``--skip``-th) with the demo model
-(configs/default.py, Gaussian sigma 0.25; trained here with train.py unless
+(smoothjax/configs/default.py, Gaussian sigma 0.25; trained here with train.py unless
 ``--workdir`` holds it), twice in one run with the same keys:
 
 * fixed-n CERTIFY (Cohen et al. 2019): ``n0 = 100``, ``n = 100,000``, alpha 0.001;
@@ -77,9 +77,10 @@ def main():
   import jax
   import numpy as np
 
-  from smoothjax import checkpointing, smoothing
   from smoothjax import data as data_lib
+  from smoothjax import smoothing
   from smoothjax.noise import Gaussian
+  from smoothjax.workdir import checkpoints as checkpointing
 
   if not os.path.exists(os.path.join(args.workdir, "config.json")):
     _train(args.workdir)

@@ -3,7 +3,7 @@
 Two parts:
 
 * ``--part certify``: for each noise level and seed, trains the demo CNN on the
-  embedded MNIST digits with ``gaussian`` (configs/default.py), ``smoothadv``,
+  embedded MNIST digits with ``gaussian`` (smoothjax/configs/default.py), ``smoothadv``,
   ``consistency`` and ``macer`` (configs/embedded_*.py), certifies every
   ``skip``-th test digit with CERTIFY (train.py and certify.py, run as a user
   runs them, so every step resumes), and writes one table of certified accuracy
@@ -44,10 +44,10 @@ def _overrides(mode: str, sigma: float) -> list[str]:
 
 
 CONFIGS = {
-  "gaussian": "configs/default.py",
-  "smoothadv": "configs/embedded_smoothadv.py",
-  "consistency": "configs/embedded_consistency.py",
-  "macer": "configs/embedded_macer.py",
+  "gaussian": "default",
+  "smoothadv": "embedded_smoothadv",
+  "consistency": "embedded_consistency",
+  "macer": "embedded_macer",
 }
 
 
@@ -154,8 +154,8 @@ def _plot(runs, args, path):
 def throughput_part(args):
   import jax
 
-  from configs import default
   from smoothjax import data, training
+  from smoothjax.configs import default
 
   ds = data.load("embedded_mnist")
   split = ds.split("train")

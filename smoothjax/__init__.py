@@ -1,48 +1,43 @@
 """smoothjax: randomized smoothing in JAX and Flax.
 
-The pure core (``noise``, ``stats``, ``votes``, ``certificates``, ``sequential``,
-``smoothing``, ``losses``, ``attacks``, ``generation``) works on any
-``logits_fn(inputs) -> logits``; ``data``, ``models``, ``modes``, ``optim``,
-``pipeline`` (training input), ``training``, ``workdir``, ``checkpointing`` and
-``parallel`` train and restore base classifiers (``models.transforms``: folded BatchNorm
-and bfloat16 for evaluation; ``numerics``: matmul precision and deterministic GPU
-operations; ``sizing``: step sizes from device memory); ``results``, ``result_reader``,
-``outputs``, ``locks``, ``analysis`` and ``pictures`` write, read, summarise and plot
-certificates and attacks; ``hashing`` fingerprints models, checkpoints and inputs.
+The package is layered, and its folders are the layers (``docs/design.md`` has the
+rank table that ``tests/test_layers.py`` enforces): each imports only lower ones.
+
+* leaves: ``errors``, ``hashing``, ``locks``, ``stopping``; ``configs`` (shipped configs)
+* ``noise``, ``devices``, ``models``, ``data``
+* ``smoothing`` (CERTIFY and PREDICT), ``workdir`` (run files, checkpoints)
+* ``results`` (result files), ``objectives`` (losses, attacks, generation)
+* ``analysis`` (tables, plots, pictures), ``training``
+* ``jobs`` (certify, attack, generate, compare: callable from Python)
+* ``cli`` (the programs: flags to a job's options)
+
+The names here are the ones a notebook starts from: Cohen et al.'s CERTIFY and PREDICT
+(fixed ``n`` and sequential) on any ``logits_fn``, the noise families and
+:class:`InputError`.
 """
 
 from smoothjax import (
+  _moved,
   analysis,
-  attacks,
-  certificates,
-  checkpointing,
   data,
+  devices,
   errors,
-  generation,
   hashing,
+  jobs,
   locks,
-  losses,
   models,
-  modes,
   noise,
-  numerics,
-  optim,
-  outputs,
-  parallel,
-  pictures,
-  pipeline,
-  result_reader,
+  objectives,
   results,
-  sequential,
-  sizing,
   smoothing,
-  stats,
+  stopping,
   training,
   workdir,
 )
 from smoothjax.errors import InputError
-from smoothjax.noise import Gaussian
+from smoothjax.noise import ExpInf, Gaussian, Laplace, Uniform
 from smoothjax.smoothing import (
+  ABSTAIN,
   Certificate,
   certify,
   certify_adaptive,
@@ -55,41 +50,40 @@ from smoothjax.smoothing import (
 __version__ = "0.1.0"
 
 __all__ = [
+  "ABSTAIN",
   "Certificate",
+  "ExpInf",
   "Gaussian",
   "InputError",
+  "Laplace",
+  "Uniform",
   "analysis",
-  "attacks",
-  "certificates",
   "certify",
   "certify_adaptive",
   "certify_adaptive_batch",
   "certify_batch",
-  "checkpointing",
   "data",
+  "devices",
   "errors",
-  "generation",
   "hashing",
+  "jobs",
   "locks",
-  "losses",
   "models",
-  "modes",
   "noise",
-  "numerics",
-  "optim",
-  "outputs",
-  "parallel",
-  "pictures",
-  "pipeline",
+  "objectives",
   "predict",
   "predict_batch",
-  "result_reader",
   "results",
-  "sequential",
-  "sizing",
   "smoothing",
-  "stats",
+  "stopping",
   "training",
-  "votes",
   "workdir",
 ]
+
+_moved.install()
+
+
+def __getattr__(name: str):
+  if name in _moved.MOVED:
+    return _moved.module(name)
+  raise AttributeError(f"module 'smoothjax' has no attribute {name!r}")

@@ -9,7 +9,7 @@ Inside :func:`deferred` (the body of a loop that writes results or trains) the
 signal is only noted; the loop calls :func:`check` (or, in training, :func:`at_step`)
 at its safe points, between two rows or two steps, and stops there.
 
-In a multi-process job (:mod:`smoothjax.parallel`) the process that receives SIGTERM,
+In a multi-process job (:mod:`smoothjax.devices.parallel`) the process that receives SIGTERM,
 or that fails, leaves a notice for the others through JAX's coordination service;
 :func:`check` raises :class:`Stopped` on every other process at its next safe point,
 so that the whole job stops within seconds whichever process was told to.
@@ -37,7 +37,7 @@ class Stopped(Exception):  # noqa: N818 - not an error of the program: a request
 
 
 _state = {"reason": None, "deferred": 0, "last_probe": 0.0}
-# Set by smoothjax.processes in a multi-process job: leave a notice for the other processes,
+# Set by smoothjax.devices.processes in a multi-process job: leave a notice for the other processes,
 # and read theirs (None when there is none).
 _announce: Callable[[str, int], None] | None = None
 _probe: Callable[[], tuple[str, int] | None] | None = None

@@ -18,7 +18,7 @@ import textwrap
 # Deterministic GPU operations for the whole session, before JAX starts (XLA reads its
 # flags once): the tests that compare a resumed training run with an uninterrupted one
 # bit for bit run in this process, and on GPUs need them (their configs say
-# deterministic=True, which smoothjax.numerics can no longer apply once JAX started).
+# deterministic=True, which smoothjax.devices.numerics can no longer apply once JAX started).
 # On CPUs the flag changes nothing.
 _DETERMINISTIC = "--xla_gpu_deterministic_ops=true"
 if _DETERMINISTIC not in os.environ.get("XLA_FLAGS", "").split():
@@ -284,7 +284,7 @@ def train_tiny(workdir, *overrides: str) -> None:
   """Trains the tiny CNN for one epoch on the embedded digits with train.py."""
   run(
     "train.py",
-    "--config=configs/default.py",
+    "--config=default",
     f"--workdir={workdir}",
     "--config.model=cnn_tiny",
     "--config.num_epochs=1",

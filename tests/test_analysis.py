@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from smoothjax import analysis
+from smoothjax import analysis, results
 from smoothjax.errors import InputError
 from smoothjax.results import CERTIFY_COLUMNS, Results, ResultWriter
 
@@ -84,7 +84,7 @@ def test_summary_and_predict_files(tmp_path):
   p = analysis.summary(path, [0.0])
   assert p["certified_accuracy"] is None and p["acr"] is None and p["clean_accuracy"] == 0.5
   with pytest.raises(InputError, match="radius"):
-    analysis.certified_accuracy(analysis.read_results(path), [0.0])
+    analysis.certified_accuracy(results.read_results(path), [0.0])
   with pytest.raises(InputError, match="no result rows"):
     analysis.acr(make_results([], [], []))
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, run, tiny_run
 
-from smoothjax import pictures, results
+from smoothjax import analysis, results
+from smoothjax.analysis import pictures
 from smoothjax.errors import InputError
 from smoothjax.jobs import attack as attack_job
 
@@ -89,7 +90,7 @@ def check_output_columns_and_settings(pgd_and_fgsm, workdir):
 
 def check_pgd_lowers_accuracy_more_than_fgsm_and_eps_0_is_clean(pgd_and_fgsm):
   pgd, fgsm, _, pgd_out, fgsm_out = pgd_and_fgsm
-  p, f = attack_job.summarize(pgd), attack_job.summarize(fgsm)
+  p, f = analysis.attacks.summarize(pgd), analysis.attacks.summarize(fgsm)
   assert p["inputs"] == f["inputs"] == 40 and p["eps"] == f["eps"] == [0.0, 0.5, 1.5]
   # The same base classifier on the same inputs: the same clean predictions.
   assert p["clean_accuracy"] == f["clean_accuracy"] > 0.6
@@ -189,7 +190,7 @@ def check_linf_pgd_stays_below_clean(workdir, tmp_path):
     attack_in_process(
       workdir, out, skip=25, count=20, norm="linf", eps=(0.1,), steps=10, restarts=2
     )
-  s = attack_job.summarize(out)
+  s = analysis.attacks.summarize(out)
   np.testing.assert_array_equal(results.read_results(out).idx, np.arange(0, 500, 25))
   assert s["accuracy"][0] < s["clean_accuracy"] - 0.2
 
@@ -215,7 +216,7 @@ def check_smoothed_attack_then_predict(workdir, tmp_path):
   assert set(res.predict) <= set(range(-1, 10))
   # eps = 0 runs PREDICT on the clean point with the same keys: the same answers.
   np.testing.assert_array_equal(res.extra["predict_eps0"], res.predict)
-  s = attack_job.summarize(out)
+  s = analysis.attacks.summarize(out)
   assert s["accuracy"][1] < s["clean_accuracy"]
   settings = s["settings"]
   assert settings["smoothed"] is True and settings["attack"] == "smoothadv"
@@ -328,17 +329,17 @@ def test_summarize_and_table_on_a_hand_written_file(tmp_path):
     "9\t2\t-1\t0\t2\t1\t4\t0\t0:00:01\n"
     "12\t4\t4\t1\t4\t1\t4\t1\t0:00:01\n"
   )
-  s = attack_job.summarize(path)
+  s = analysis.attacks.summarize(path)
   assert s["inputs"] == 4 and s["eps"] == [0.5, 1.0] and s["settings"] == {}
   assert s["clean_accuracy"] == 0.75 and s["accuracy"] == [0.75, 0.25]
   assert s["clean_abstain_rate"] == 0.25 and s["abstain_rate"] == [0.25, 0.25]
-  text = attack_job.table({"hand": s})
+  text = analysis.attacks.table({"hand": s})
   assert text.splitlines()[0] == "| run | inputs | clean | eps = 0.5 | eps = 1 | abstain (clean) |"
   assert text.splitlines()[2] == "| hand | 4 | 75.0 | 75.0 | 25.0 | 25.0 |"
   empty = tmp_path / "empty.tsv"
   empty.write_text(path.read_text().splitlines()[0] + "\n")
   with pytest.raises(InputError, match="no result rows"):
-    attack_job.summarize(empty)
+    analysis.attacks.summarize(empty)
 
 
 def test_attack_end_to_end(tmp_path, tmp_path_factory):

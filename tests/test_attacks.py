@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from smoothjax import attacks, losses
 from smoothjax.errors import InputError
 from smoothjax.noise import Gaussian
+from smoothjax.objectives import attacks, losses
 
 NORMS = ["l1", "l2", "linf"]
 SHAPE = (4, 4, 1)  # d = 16

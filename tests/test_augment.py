@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from smoothjax import augment
+from smoothjax.data import augment
 
 
 def _images(n, h=6, w=5, c=2):

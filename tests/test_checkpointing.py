@@ -1,4 +1,4 @@
-"""Tests for smoothjax.checkpointing: checksums, damaged checkpoints, run files, restore."""
+"""Tests for smoothjax.workdir.checkpoints: checksums, damaged checkpoints, run files, restore."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from smoothjax import checkpointing, models
 from smoothjax import data as data_lib
-from smoothjax.checkpointing import CheckpointDamaged
+from smoothjax import models
 from smoothjax.errors import InputError
+from smoothjax.workdir import checkpoints as checkpointing
+from smoothjax.workdir.checkpoints import CheckpointDamaged
 
 INFO = data_lib.DatasetInfo(
   "embedded_mnist", 10, (28, 28, 1), (0.13,), (0.31,), {"train": 4000, "test": 1000}

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import IN_PROCESS_CASES, REPO_ROOT, assert_one_line_error, run, run_python, tiny_run
 
-from smoothjax import jobs, results, smoothing
+from smoothjax import hashing, jobs, results, smoothing
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +204,7 @@ def test_predict_mode_and_analyze(workdir, tmp_path):
 def test_train_bad_input_is_one_line_and_writes_nothing(tmp_path, override, pattern):
   workdir = tmp_path / "w"
   proc = run(
-    "train.py", "--config=configs/default.py", f"--workdir={workdir}", override, check=False
+    "train.py", "--config=default", f"--workdir={workdir}", override, check=False
   )
   assert_one_line_error(proc, pattern)
   assert not workdir.exists()
@@ -237,8 +237,9 @@ def run_patched(patch: str, *args, check=True):
 def test_max_is_cohens_index_bound_and_rows_match_the_library(workdir, tmp_path):
   import jax
 
-  from smoothjax import checkpointing, noise, smoothing
   from smoothjax import data as data_lib
+  from smoothjax import noise, smoothing
+  from smoothjax.workdir import checkpoints as checkpointing
 
   out = tmp_path / "cohen.tsv"
   # As Cohen et al.'s `if i == args.max: break`: indices 0, 97, 194, 291 (not 300 inputs).
@@ -258,7 +259,7 @@ def test_max_is_cohens_index_bound_and_rows_match_the_library(workdir, tmp_path)
   assert res.extra["count"].tolist() == [c.counts[c.top_class] for c in certs]
   # ... which differs from the largest count for at least one abstention here.
   assert any(c.prediction == -1 and c.top_class != np.argmax(c.counts) for c in certs)
-  assert res.extra["input_hash"].tolist() == results.input_hashes(images, labels)
+  assert res.extra["input_hash"].tolist() == hashing.input_hashes(images, labels)
 
 
 def test_two_processes_on_one_outfile(workdir, tmp_path):
@@ -294,7 +295,7 @@ def test_resume_refuses_another_model_or_changed_data(workdir, tmp_path):
   retrained = """
     import jax
     from flax import nnx
-    from smoothjax import checkpointing
+    from smoothjax.workdir import checkpoints as checkpointing
     _restore = checkpointing.restore_model
     def restore_model(*a, **k):
       model, *rest = _restore(*a, **k)

@@ -10,7 +10,6 @@ import pytest
 from conftest import IN_PROCESS_CASES, run, run_python, tiny_run, train_tiny
 
 from smoothjax import analysis, results
-from smoothjax.jobs import attack as attack_job
 
 pytestmark = pytest.mark.slow
 
@@ -63,8 +62,8 @@ def check_compare_writes_one_table_from_the_programs_files(runs):
   assert header[:6] == ["run", "mode", "noise", "trained sigma", "certified sigma", "clean"]
   for row in rows:
     folder = out / row[0]
-    pgd = attack_job.summarize(folder / "attack_pgd_l2.tsv")
-    fgsm = attack_job.summarize(folder / "attack_fgsm_linf.tsv")
+    pgd = analysis.attacks.summarize(folder / "attack_pgd_l2.tsv")
+    fgsm = analysis.attacks.summarize(folder / "attack_fgsm_linf.tsv")
     assert pgd["inputs"] == 10  # indices 0, 100, ..., 900
     assert float(row[5]) == pytest.approx(100 * pgd["clean_accuracy"], abs=0.05)
     assert float(row[header.index("pgd l2 1")]) == pytest.approx(100 * pgd["accuracy"][0], abs=0.05)

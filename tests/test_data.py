@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from smoothjax import data
+from smoothjax.data import sources
 from smoothjax.errors import InputError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,12 +98,12 @@ def test_image_size_resizes_and_native_size_is_identity(embedded):
   same, _ = data.load(image_size=28).split("test").get([0, 1])
   np.testing.assert_array_equal(same, embedded.split("test").get([0, 1])[0])
   # A constant image stays constant under bilinear resizing and cropping.
-  flat = data._resize_center_crop(np.full((30, 60, 3), 200, np.uint8), 16)
+  flat = sources._resize_center_crop(np.full((30, 60, 3), 200, np.uint8), 16)
   assert flat.shape == (16, 16, 3) and np.all(flat == 200)
   # Left half black, right half white, wide image: the center crop straddles the edge evenly.
   half = np.zeros((40, 80, 1), np.uint8)
   half[:, 40:] = 255
-  crop = data._resize_center_crop(half, 14)
+  crop = sources._resize_center_crop(half, 14)
   assert crop.shape == (14, 14, 1)
   assert np.all(crop[:, :5] == 0) and np.all(crop[:, -5:] == 255)
   np.testing.assert_allclose(crop.mean() / 255, 0.5, atol=0.05)

@@ -11,8 +11,9 @@ import pytest
 from flax import nnx
 from test_training import Killed, kill_once_at, params_of, tiny_config
 
-from smoothjax import checkpointing, data, models, training
+from smoothjax import data, models, training
 from smoothjax.errors import InputError
+from smoothjax.workdir import checkpoints as checkpointing
 
 # End-to-end runs (deselected by -m "not slow").
 pytestmark = pytest.mark.slow
@@ -121,7 +122,7 @@ def test_fine_tuning_end_to_end(tmp_path_factory, monkeypatch):
 
 
 def test_fixed_point_needs_noise_only_with_samples():
-  from smoothjax import modes
+  from smoothjax.training import modes
 
   config = finetune_config("", noise_sd=0.0)
   modes.build(config)  # m = 0: the base classifier, no noise needed

@@ -16,6 +16,7 @@ from conftest import assert_one_line_error, run, run_processes, tiny_run, train_
 
 from smoothjax.errors import InputError
 from smoothjax.jobs import generate
+from smoothjax.results import parts as part_files
 
 STEPS = ["--steps=4", "--eps=3.0"]
 
@@ -269,7 +270,7 @@ def part_arrays(classes=(1, 1, 7), index=(0, 1, 0)):
 def parts_dir(root, settings=SETTINGS):
   """An outdir opened with ``settings`` (as a run opens it); returns its parts folder."""
   root.mkdir(parents=True, exist_ok=True)
-  generate._check_settings(str(root), settings)
+  part_files.check_settings(str(root), settings)
   (root / "parts").mkdir(exist_ok=True)
   return root / "parts"
 
@@ -278,15 +279,15 @@ def test_a_part_records_its_settings_and_is_read_back(tmp_path):
   parts = parts_dir(tmp_path / "out")
   arrays = part_arrays()
   assert (
-    generate._write_part(str(parts), "part-", 0, arrays, generate.settings_digest(SETTINGS)) == 1
+    part_files.write_part(str(parts), "part-", 0, arrays, part_files.settings_digest(SETTINGS)) == 1
   )
   with np.load(parts / "part-000000.npz") as f:
-    assert str(f["settings_digest"]) == generate.settings_digest(SETTINGS)
-  done = generate._read_parts(str(parts), generate.settings_digest(SETTINGS))
+    assert str(f["settings_digest"]) == part_files.settings_digest(SETTINGS)
+  done = part_files.read_parts(str(parts), part_files.settings_digest(SETTINGS))
   assert sorted(done) == [(1, 0), (1, 1), (7, 0)]
   np.testing.assert_array_equal(done[(1, 1)]["images"], arrays["images"][1])
-  assert len(generate.settings_digest(SETTINGS)) == 64
-  assert generate.settings_digest(dict(reversed(SETTINGS.items()))) == generate.settings_digest(
+  assert len(part_files.settings_digest(SETTINGS)) == 64
+  assert part_files.settings_digest(dict(reversed(SETTINGS.items()))) == part_files.settings_digest(
     SETTINGS
   )
 
@@ -294,16 +295,16 @@ def test_a_part_records_its_settings_and_is_read_back(tmp_path):
 def test_parts_of_other_settings_are_set_aside_not_merged(tmp_path, capsys):
   other = dict(SETTINGS, m=8)
   foreign_parts = parts_dir(tmp_path / "other")
-  generate._write_part(
-    str(foreign_parts), "part-", 0, part_arrays(), generate.settings_digest(SETTINGS)
+  part_files.write_part(
+    str(foreign_parts), "part-", 0, part_arrays(), part_files.settings_digest(SETTINGS)
   )
   parts = parts_dir(tmp_path / "out", other)
-  mine = generate.settings_digest(other)
-  generate._write_part(str(parts), "part-", 0, part_arrays(classes=(3,), index=(0,)), mine)
+  mine = part_files.settings_digest(other)
+  part_files.write_part(str(parts), "part-", 0, part_arrays(classes=(3,), index=(0,)), mine)
   shutil.copy(foreign_parts / "part-000000.npz", parts / "part-000001.npz")
   np.savez(parts / "part-000002.npz", **part_arrays(classes=(4,), index=(0,)))  # no digest
   (parts / "part-000003.npz.tmp.npz").write_bytes(b"being written")  # another process's
-  done = generate._read_parts(str(parts), generate.settings_digest(other))
+  done = part_files.read_parts(str(parts), part_files.settings_digest(other))
   assert sorted(done) == [(3, 0)]  # only the part of these settings
   assert sorted(os.listdir(parts)) == [
     "part-000000.npz",
@@ -316,7 +317,7 @@ def test_parts_of_other_settings_are_set_aside_not_merged(tmp_path, capsys):
   assert str(parts / "part-000001.npz") in notes[0] and "other settings" in notes[0]
   assert str(parts / "part-000002.npz") in notes[1] and "no settings digest" in notes[1]
   # The next run neither reads nor reports them again.
-  assert sorted(generate._read_parts(str(parts), generate.settings_digest(other))) == [(3, 0)]
+  assert sorted(part_files.read_parts(str(parts), part_files.settings_digest(other))) == [(3, 0)]
   assert capsys.readouterr().err == ""
 
 
@@ -335,9 +336,9 @@ def flip_payload_byte(path, member):
 @pytest.mark.parametrize("damage", ["truncated", "crc", "garbage", "empty"])
 def test_damaged_parts_are_set_aside_and_generated_again(tmp_path, capsys, damage):
   parts = parts_dir(tmp_path / "out")
-  digest = generate.settings_digest(SETTINGS)
-  generate._write_part(str(parts), "part-", 0, part_arrays(classes=(3,), index=(0,)), digest)
-  generate._write_part(str(parts), "part-", 1, part_arrays(), digest)
+  digest = part_files.settings_digest(SETTINGS)
+  part_files.write_part(str(parts), "part-", 0, part_arrays(classes=(3,), index=(0,)), digest)
+  part_files.write_part(str(parts), "part-", 1, part_arrays(), digest)
   path = parts / "part-000001.npz"
   if damage == "truncated":
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -349,16 +350,16 @@ def test_damaged_parts_are_set_aside_and_generated_again(tmp_path, capsys, damag
     path.write_bytes(b"not an npz archive")
   else:
     path.write_bytes(b"")
-  done = generate._read_parts(str(parts), digest)
+  done = part_files.read_parts(str(parts), digest)
   assert sorted(done) == [(3, 0)]
   assert sorted(os.listdir(parts)) == ["part-000000.npz", "part-000001.npz.damaged"]
   (note,) = capsys.readouterr().err.splitlines()
   assert note.startswith(f"note: set aside the damaged part {path} as part-000001.npz.damaged")
   assert note.endswith("its images are generated again")
   # Damaged again after a rerun: the earlier damaged file is kept beside it.
-  generate._write_part(str(parts), "part-", 1, part_arrays(), digest)
+  part_files.write_part(str(parts), "part-", 1, part_arrays(), digest)
   path.write_bytes(b"")
-  assert sorted(generate._read_parts(str(parts), digest)) == [(3, 0)]
+  assert sorted(part_files.read_parts(str(parts), digest)) == [(3, 0)]
   assert "part-000001.npz.damaged.1" in os.listdir(parts)
 
 
@@ -374,10 +375,10 @@ def test_damaged_parts_are_set_aside_and_generated_again(tmp_path, capsys, damag
 )
 def test_a_part_whose_arrays_do_not_fit_together_is_damaged(tmp_path, capsys, change, problem):
   parts = parts_dir(tmp_path / "out")
-  generate._write_part(
-    str(parts), "part-", 0, {**part_arrays(), **change}, generate.settings_digest(SETTINGS)
+  part_files.write_part(
+    str(parts), "part-", 0, {**part_arrays(), **change}, part_files.settings_digest(SETTINGS)
   )
-  assert generate._read_parts(str(parts), generate.settings_digest(SETTINGS)) == {}
+  assert part_files.read_parts(str(parts), part_files.settings_digest(SETTINGS)) == {}
   assert os.listdir(parts) == ["part-000000.npz.damaged"]
   (note,) = capsys.readouterr().err.splitlines()
   assert "damaged part" in note and problem in note

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from scipy import integrate, special, stats
 
-from smoothjax import attacks, generation, losses
 from smoothjax.errors import InputError
 from smoothjax.noise import Gaussian, Laplace, Uniform
+from smoothjax.objectives import attacks, generation, losses
 
 SHAPE = (4, 4, 1)  # d = 16
 _rng = np.random.RandomState(0)

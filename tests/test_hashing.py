@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smoothjax import checkpointing, hashing, results
+from smoothjax import hashing
+from smoothjax.workdir import checkpoints as checkpointing
 
 _Pair = collections.namedtuple("_Pair", ["w", "b"])
 
@@ -43,10 +44,10 @@ def test_checkpoint_checksums_keep_their_values():
 
 
 def test_result_fingerprints_and_input_hashes_keep_their_values():
-  assert results.fingerprint(_tree()) == PINNED_FINGERPRINT
+  assert hashing.fingerprint(_tree()) == PINNED_FINGERPRINT
   assert hashing.fingerprint(_tree()) == PINNED_FINGERPRINT
   images = np.arange(18, dtype=np.float32).reshape(2, 3, 3, 1) / 17
-  assert results.input_hashes(images, [4, 9]) == PINNED_INPUT_HASHES
+  assert hashing.input_hashes(images, [4, 9]) == PINNED_INPUT_HASHES
 
 
 def test_the_two_formats_order_paths_their_own_way():

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from smoothjax import models, noise, numerics, sizing, smoothing
+from smoothjax import models, noise, smoothing
+from smoothjax.devices import numerics, sizing
 from smoothjax.errors import InputError
 from smoothjax.models import transforms
 
@@ -162,7 +163,7 @@ def test_precision_scope_and_configure():
 
 def test_configure_before_jax_starts_sets_the_xla_flag():
   code = (
-    "import os; from smoothjax import numerics;"
+    "import os; from smoothjax.devices import numerics;"
     "numerics.configure(precision='highest', deterministic=True);"
     "import jax, jax.numpy as jnp; jnp.ones(1).block_until_ready();"
     "print(os.environ['XLA_FLAGS'], jax.config.jax_default_matmul_precision)"

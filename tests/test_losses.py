@@ -20,9 +20,9 @@ import pytest
 import scipy.special
 import scipy.stats
 
-from smoothjax import losses
 from smoothjax.errors import InputError
 from smoothjax.noise import Gaussian
+from smoothjax.objectives import losses
 
 SIGMA = 0.5
 SHAPE = (2, 2, 1)

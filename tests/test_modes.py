@@ -10,9 +10,11 @@ import pytest
 from conftest import run_with_devices
 from flax import nnx
 
-from configs import default
-from smoothjax import augment, data, models, modes, training
+from smoothjax import data, models, training
+from smoothjax.configs import default
+from smoothjax.data import augment
 from smoothjax.errors import InputError
+from smoothjax.training import modes
 
 ALL_MODES = [
   "standard",
@@ -192,7 +194,8 @@ def test_every_mode_steps_the_same_on_8_devices_as_on_1():
       sys.path.insert(0, "tests")
       import jax, numpy as np
       from flax import nnx
-      from smoothjax import data, parallel, training
+      from smoothjax import data, training
+      from smoothjax.devices import parallel
       from test_modes import MULTI_DEVICE_MODES, mode_config
       ds = data.load("embedded_mnist")
       images, labels = ds.split("train").get(np.arange(16))

@@ -19,7 +19,8 @@ import numpy as np
 from conftest import REPO_ROOT, popen_python, start_processes, wait_processes
 from flax import nnx
 
-from smoothjax import checkpointing, data
+from smoothjax import data
+from smoothjax.workdir import checkpoints as checkpointing
 
 DRIVER = r'''
 """Trains the runs given as JSON in argv[1], as one process of a (multi-process) JAX job."""
@@ -31,16 +32,18 @@ import sys
 # Most of a tiny run's time is compiling: XLA's CPU backend compiles twice as fast unoptimised.
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
 
-from smoothjax import parallel
+from smoothjax.devices import parallel
 
 parallel.initialize_distributed()
 
 import jax
 import numpy as np
 
-from configs import default
-from smoothjax import checkpointing, data, training
+from smoothjax.configs import default
+from smoothjax import data, training
 from smoothjax.errors import InputError
+from smoothjax.training import loop
+from smoothjax.workdir import checkpoints as checkpointing
 
 jax.config.update("jax_debug_key_reuse", True)
 spec = json.loads(sys.argv[1])
@@ -96,7 +99,7 @@ def train(run):
       print(f"KILLED after checkpoint {step}", flush=True)
       os._exit(3)  # as if killed: no cleanup, no further step
 
-  training.data_lib.load, checkpointing.Checkpointer.save = load, save
+  loop.data_lib.load, checkpointing.Checkpointer.save = load, save
   try:
     training.train_and_evaluate(config, run["workdir"])
   except InputError as e:
@@ -118,7 +121,7 @@ for run in spec["runs"]:
 # shapes everywhere, so that each launch compiles its programs once.
 TFDS = dict(tfds=2000, config=dict(dataset="mnist", batch_size=2000, eval_batch_size=1000))
 EMBEDDED = dict(config=dict(batch_size=2000, eval_batch_size=1000, checkpoint_every_steps=1))
-SEED = 0  # configs/default.py's
+SEED = 0  # smoothjax/configs/default.py's
 
 
 def spec(root, name, *, kill=None, locked=False, tfds=True):

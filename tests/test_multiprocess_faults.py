@@ -159,7 +159,7 @@ def test_sigterm_to_one_process_of_a_training_job_stops_both_at_one_checkpointed
   workdir = tmp_path / "run"
   args = [
     "train.py",
-    "--config=configs/default.py",
+    "--config=default",
     f"--workdir={workdir}",
     "--config.model=cnn_tiny",
     "--config.num_epochs=20",

@@ -179,7 +179,7 @@ def test_train_refuses_a_bad_noise_before_writing(tmp_path):
     workdir = tmp_path / "w"
     proc = run(
       "train.py",
-      "--config=configs/default.py",
+      "--config=default",
       f"--workdir={workdir}",
       "--config.model=cnn_tiny",
       *extra,

@@ -6,7 +6,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from smoothjax import pictures
+from smoothjax.analysis import pictures
 from smoothjax.errors import InputError
 
 

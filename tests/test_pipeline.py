@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from smoothjax import checkpointing, data, parallel, pipeline
+from smoothjax import data
+from smoothjax.data import pipeline
+from smoothjax.devices import parallel
 from smoothjax.errors import InputError
+from smoothjax.workdir import checkpoints as checkpointing
 
 
 def small_split(n=40, h=6, w=5, seed=0):
@@ -217,8 +220,8 @@ def test_tfds_split_pickles_for_worker_processes(tmp_path):
 def test_resume_uses_the_saved_input_state_only_when_it_fits(tmp_path):
   """A checkpoint's input state is restored when saved by a job of the same shape; a checkpoint
   without one, or from another worker count or batch size, resumes from its step."""
-  from configs import default
-  from smoothjax import training
+  from smoothjax.configs import default
+  from smoothjax.training import loop
 
   config = default.get_config()
   config.batch_size, config.num_epochs, config.seed = 8, 2, 3
@@ -228,7 +231,7 @@ def test_resume_uses_the_saved_input_state_only_when_it_fits(tmp_path):
   want = collect(make_input(dataset.splits["train"]))
   # A run started at step 2 (a resume without input state) saves its state at step 4.
   ckpt = checkpointing.Checkpointer(str(tmp_path))
-  first = training._train_input(config, ckpt, dataset, 5, mesh, 2, {})
+  first = loop._train_input(config, ckpt, dataset, 5, mesh, 2, {})
   assert first.start == 2
   epoch0 = first.epoch(0, 2)
   got = [next(epoch0), next(epoch0)]  # steps 2 and 3
@@ -238,12 +241,12 @@ def test_resume_uses_the_saved_input_state_only_when_it_fits(tmp_path):
   first.close()
   saved = ckpt.meta(4)["input"]
   assert saved == {"start": 2, "workers": 0, "batch_size": 8}
-  resumed = training._train_input(config, ckpt, dataset, 5, mesh, 4, {"input": saved})
+  resumed = loop._train_input(config, ckpt, dataset, 5, mesh, 4, {"input": saved})
   assert resumed.start == 2  # built as the run that saved the state, and restored
   got += list(resumed.epoch(0, 4)) + list(resumed.epoch(1))
   assert_batches_equal([(x.copy(), y.copy()) for x, y in got], want[2:])
   for meta in ({}, {"input": dict(saved, workers=1)}, {"input": dict(saved, batch_size=4)}):
-    fresh = training._train_input(config, ckpt, dataset, 5, mesh, 4, meta)
+    fresh = loop._train_input(config, ckpt, dataset, 5, mesh, 4, meta)
     assert fresh.start == 4
     assert_batches_equal([(x.copy(), y.copy()) for x, y in fresh.epoch(0, 4)], want[4:5])
     fresh.close()

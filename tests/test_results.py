@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from smoothjax import results
+from smoothjax import hashing, results
 from smoothjax.errors import InputError
 from smoothjax.results import (
   CERTIFY_COLUMNS,
@@ -491,21 +491,21 @@ def test_input_hashes_and_fingerprint():
   rng = np.random.default_rng(0)
   images = rng.random((3, 4, 4, 1), dtype=np.float32)
   labels = np.array([1, 2, 3])
-  hashes = results.input_hashes(images, labels)
+  hashes = hashing.input_hashes(images, labels)
   assert len(set(hashes)) == 3 and all(len(h) == 16 for h in hashes)
-  assert results.input_hashes(images.copy(), labels.copy()) == hashes
+  assert hashing.input_hashes(images.copy(), labels.copy()) == hashes
   changed = images.copy()
   changed[1, 0, 0, 0] += 1e-6
-  changed_hashes = results.input_hashes(changed, labels)
+  changed_hashes = hashing.input_hashes(changed, labels)
   assert changed_hashes[0] == hashes[0] and changed_hashes[1] != hashes[1]
-  assert results.input_hashes(images, [1, 0, 3])[1] != hashes[1]
+  assert hashing.input_hashes(images, [1, 0, 3])[1] != hashes[1]
   tree = {"a": np.arange(3.0), "b": {"c": np.ones((2, 2), np.float32)}}
   same = {"b": {"c": np.ones((2, 2), np.float32)}, "a": np.arange(3.0)}
-  assert results.fingerprint(tree) == results.fingerprint(same)
-  assert results.fingerprint(tree).startswith("sha256:")
+  assert hashing.fingerprint(tree) == hashing.fingerprint(same)
+  assert hashing.fingerprint(tree).startswith("sha256:")
   other = {"a": np.arange(3.0), "b": {"c": np.full((2, 2), 1.0 + 2**-20, np.float32)}}
-  assert results.fingerprint(other) != results.fingerprint(tree)
-  assert results.fingerprint({"a": np.arange(3.0)}) != results.fingerprint(tree)
+  assert hashing.fingerprint(other) != hashing.fingerprint(tree)
+  assert hashing.fingerprint({"a": np.arange(3.0)}) != hashing.fingerprint(tree)
 
 
 def split_of(labels):
@@ -521,7 +521,7 @@ def split_of(labels):
 def test_a_row_whose_label_was_edited_is_refused(tmp_path, part):
   split = split_of([1, 0, 2])
   images, labels = split.get(np.arange(3))
-  hashes = results.input_hashes(images, labels)
+  hashes = hashing.input_hashes(images, labels)
   path = tmp_path / "c.tsv"
   written = results.part_path(path, 1, 2) if part else str(path)
   columns = CERTIFY_COLUMNS + (results.INPUT_HASH_COLUMN,)
@@ -560,7 +560,7 @@ def test_settings_mismatch_shows_where_long_values_differ(tmp_path):
 
 
 def write_parts(path, count, rows, settings=SETTINGS):
-  """Each process i of count writes rows[i::count] into its part, as smoothjax.shares does."""
+  """Each process i of count writes rows[i::count] into its part, as results.shares does."""
   for i in range(count):
     part = results.part_path(path, i, count)
     with ResultWriter(part, COLUMNS, settings=settings) as w:
@@ -639,7 +639,7 @@ def test_parts_that_disagree_are_refused(tmp_path):
 
 
 def test_a_share_refused_by_the_other_files_writes_nothing(tmp_path):
-  from smoothjax import shares
+  from smoothjax.results import shares
 
   path = tmp_path / "c.tsv"
   write_parts(path, 2, [make_row(i) for i in range(4)])

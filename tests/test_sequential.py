@@ -5,7 +5,7 @@ Analytic base classifiers with known ``pA``: a linear two-class classifier
 ``Phi(margin / sigma)`` and its smoothed classifier is constant exactly on the ball of
 radius ``|margin|``; a constant classifier has ``pA = 1``. The coverage tests also
 simulate the votes on the host (binomial increments at each look) and run the stopping
-rules of :mod:`smoothjax.sequential` on them, for many more trials.
+rules of :mod:`smoothjax.smoothing.sequential` on them, for many more trials.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from smoothjax import sequential, smoothing, stats
+from smoothjax import smoothing
 from smoothjax.errors import InputError
 from smoothjax.noise import Gaussian, Laplace
+from smoothjax.smoothing import sequential, stats
 
 SHAPE = (2, 2, 1)  # d = 4; w = (1/2, 1/2, 1/2, 1/2) has unit norm
 

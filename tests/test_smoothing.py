@@ -17,9 +17,10 @@ import pytest
 import scipy.stats
 from conftest import assert_certify_coverage, cp_lower
 
-from smoothjax import smoothing, votes
+from smoothjax import smoothing
 from smoothjax.errors import InputError
 from smoothjax.noise import Gaussian
+from smoothjax.smoothing import votes
 
 SIGMA = 0.25
 NOISE = Gaussian(SIGMA)

@@ -14,7 +14,8 @@ import numpy as np
 
 jax.config.update("jax_debug_key_reuse", True)
 
-from smoothjax import parallel, smoothing
+from smoothjax import smoothing
+from smoothjax.devices import parallel
 from smoothjax.noise import Gaussian
 
 assert jax.device_count() == 8, jax.devices()

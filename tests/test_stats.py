@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from smoothjax import stats
 from smoothjax.errors import InputError
+from smoothjax.smoothing import stats
 
 
 def _grid():

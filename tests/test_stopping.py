@@ -11,9 +11,12 @@ import signal
 import pytest
 from conftest import tiny_run
 
-from smoothjax import shares, stopping, training
+from smoothjax import stopping, training
+from smoothjax.devices import parallel
 from smoothjax.jobs import attack as attack_job
 from smoothjax.jobs import generate
+from smoothjax.results import parts as part_files
+from smoothjax.results import shares
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +87,7 @@ def test_generate_stops_after_the_part_in_progress_and_releases_its_lock(
 ):
   workdir = tiny_run(tmp_path_factory)
   outdir = tmp_path / "gen"
-  write_part = generate._write_part
+  write_part = part_files.write_part
   parts = []
 
   def write_then_sigterm(*args):
@@ -92,7 +95,7 @@ def test_generate_stops_after_the_part_in_progress_and_releases_its_lock(
     sigterm()
     return write_part(*args)
 
-  monkeypatch.setattr(generate, "_write_part", write_then_sigterm)
+  monkeypatch.setattr(part_files, "write_part", write_then_sigterm)
   options = generate.Options(
     workdir=workdir, outdir=str(outdir), classes=(0, 1), per_class=2, m=0, steps=2, batch=1
   )
@@ -100,7 +103,7 @@ def test_generate_stops_after_the_part_in_progress_and_releases_its_lock(
     generate.run_generate(options)
   assert len(parts) == 1 and len(os.listdir(outdir / "parts")) == 1
   assert not (outdir / "generate.lock").exists() and not (outdir / "generated.npz").exists()
-  monkeypatch.setattr(generate, "_write_part", write_part)
+  monkeypatch.setattr(part_files, "write_part", write_part)
   stopping.reset()
   assert generate.run_generate(options)["overall"]["images"] == 4
 
@@ -108,7 +111,7 @@ def test_generate_stops_after_the_part_in_progress_and_releases_its_lock(
 def test_training_stops_after_the_step_in_progress_with_its_checkpoint(tmp_path, monkeypatch):
   from test_training import tiny_config
 
-  put = training.parallel.put_process_batch
+  put = parallel.put_process_batch
   steps = []
 
   def put_then_sigterm(*args, **kwargs):
@@ -117,7 +120,7 @@ def test_training_stops_after_the_step_in_progress_with_its_checkpoint(tmp_path,
       sigterm()  # during step 3 (0-based 2): it completes, then the loop stops
     return put(*args, **kwargs)
 
-  monkeypatch.setattr(training.parallel, "put_process_batch", put_then_sigterm)
+  monkeypatch.setattr(parallel, "put_process_batch", put_then_sigterm)
   workdir = str(tmp_path / "run")
   with pytest.raises(stopping.Stopped, match=r"after step 3 \(epoch 0.0[78]\), saved"):
     training.train_and_evaluate(tiny_config(), workdir)

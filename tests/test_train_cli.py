@@ -24,20 +24,20 @@ def config_files(tmp_path_factory):
 @pytest.mark.parametrize(
   "args,message",
   [
-    (("--config=configs/default.py", "--config.foo=1"), "no field 'foo'"),
-    (("--config=configs/default.py", "--config.attack.foo=1"), "no field"),
-    (("--config=configs/default.py", "--config.num_epochs=abc"), "--config.num_epochs"),
-    (("--config=configs/default.py", "--bogus=1"), "bogus"),
-    (("--config=configs/nope.py",), "does not exist"),
+    (("--config=default", "--config.foo=1"), "no field 'foo'"),
+    (("--config=default", "--config.attack.foo=1"), "no field"),
+    (("--config=default", "--config.num_epochs=abc"), "--config.num_epochs"),
+    (("--config=default", "--bogus=1"), "bogus"),
+    (("--config=nope",), "does not exist"),
     (("--config={root}/no_get_config.py",), "no get_config()"),
     (("--config={root}/broken.py",), "does not load"),
     (("--config={root}/few_fields.py",), "the config lacks"),
-    (("--config=configs/default.py", "--config.learning_rate=inf"), "learning_rate"),
-    (("--config=configs/default.py", "--config.noise_sd=1e39"), "sigma"),
-    (("--config=configs/default.py", "--config.batch_size=5000"), "larger than the 4000"),
-    (("--config=configs/default.py", "--config.attack.eps=-1", "--config.mode=pgd"), "attack.eps"),
-    (("--config=configs/default.py", "--config.mode=macer", "--config.macer.m=0"), "macer.m"),
-    (("--config=configs/default.py", "--config.schedule=multistep"), "lr_milestones"),
+    (("--config=default", "--config.learning_rate=inf"), "learning_rate"),
+    (("--config=default", "--config.noise_sd=1e39"), "sigma"),
+    (("--config=default", "--config.batch_size=5000"), "larger than the 4000"),
+    (("--config=default", "--config.attack.eps=-1", "--config.mode=pgd"), "attack.eps"),
+    (("--config=default", "--config.mode=macer", "--config.macer.m=0"), "macer.m"),
+    (("--config=default", "--config.schedule=multistep"), "lr_milestones"),
   ],
 )
 def test_bad_train_input_is_one_line_and_writes_nothing(tmp_path, config_files, args, message):
@@ -51,7 +51,7 @@ def test_bad_train_input_is_one_line_and_writes_nothing(tmp_path, config_files, 
 def test_workdir_that_is_a_file_is_one_line(tmp_path):
   path = tmp_path / "file"
   path.write_text("x")
-  proc = run("train.py", "--config=configs/default.py", f"--workdir={path}", check=False)
+  proc = run("train.py", "--config=default", f"--workdir={path}", check=False)
   assert_one_line_error(proc, "is a file")
 
 

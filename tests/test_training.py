@@ -12,9 +12,13 @@ import pytest
 from conftest import run_with_devices
 from flax import nnx
 
-from configs import default
-from smoothjax import checkpointing, locks, modes, training
+from smoothjax import locks, training
+from smoothjax.cli import train as train_cli
+from smoothjax.configs import default
+from smoothjax.data import pipeline
 from smoothjax.errors import InputError
+from smoothjax.training import loop, modes
+from smoothjax.workdir import checkpoints as checkpointing
 
 
 class Killed(Exception):
@@ -174,8 +178,9 @@ def test_train_step_on_8_devices_equals_single_device():
     """
       import jax, numpy as np
       from flax import nnx
-      from configs import default
-      from smoothjax import data, parallel, training
+      from smoothjax.configs import default
+      from smoothjax import data, training
+      from smoothjax.devices import parallel
       config = default.get_config()
       config.model = "cnn_tiny"; config.batch_size = 16
       ds = data.load("embedded_mnist")
@@ -205,7 +210,7 @@ def kill_once_at(monkeypatch, at_epoch: int, at_batch: int) -> list[tuple[int, i
 
   Returns the list that records (epoch, start_batch) of every epoch training begins.
   """
-  real_epoch = training.pipeline.TrainInput.epoch
+  real_epoch = pipeline.TrainInput.epoch
   starts, killed = [], []
 
   def epoch_batches(self, epoch, start_batch=0):
@@ -216,7 +221,7 @@ def kill_once_at(monkeypatch, at_epoch: int, at_batch: int) -> list[tuple[int, i
         raise Killed
       yield b
 
-  monkeypatch.setattr(training.pipeline.TrainInput, "epoch", epoch_batches)
+  monkeypatch.setattr(pipeline.TrainInput, "epoch", epoch_batches)
   return starts
 
 
@@ -258,18 +263,14 @@ def test_mid_epoch_checkpoints_resume_to_the_same_parameters(two_epoch_run, tmp_
     checkpointing.restore_model(resumed, epoch=1)  # only the last 3 checkpoints are kept
 
 
-CONFIG_NAMES = sorted(
-  f[:-3]
-  for f in os.listdir(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs"))
-  if f.endswith(".py") and not f.startswith("_")
-)
+CONFIG_NAMES = train_cli.shipped_configs()
 
 
 @pytest.mark.parametrize("name", CONFIG_NAMES)
 def test_every_config_is_valid(name):
   import importlib
 
-  config = importlib.import_module(f"configs.{name}").get_config()
+  config = importlib.import_module(f"smoothjax.configs.{name}").get_config()
   training.validate_config(config)
   assert config.num_epochs >= 1 and config.mode in training.MODES
   if name == "cifar10_resnet110":  # Cohen et al.'s recipe.
@@ -393,5 +394,5 @@ def test_torn_metrics_line_does_not_block_resume(tmp_path):
 
 
 def test_metrics_lines_are_strict_json():
-  line = training._json_line({"epoch": 1, "loss": float("nan"), "x": float("inf")})
+  line = loop._json_line({"epoch": 1, "loss": float("nan"), "x": float("inf")})
   assert json.loads(line) == {"epoch": 1, "loss": None, "x": None}

@@ -15,8 +15,7 @@ import sys
 
 from absl import app, flags
 
-from smoothjax import numerics, parallel, shares
-from smoothjax.cli.common import define_evaluation_flags, run_app
+from smoothjax.cli.common import define_evaluation_flags, run_app, start_jobs
 from smoothjax.errors import InputError
 from smoothjax.jobs.attack import ATTACKS, NORMS, Options, parse_eps, run_attack
 
@@ -73,8 +72,7 @@ def main(argv):
     if not flags.FLAGS[name].value:
       raise InputError(f"--{name} is required")
   options = options_from_flags()
-  numerics.configure(precision=options.precision, deterministic=flags.FLAGS.deterministic)
-  parallel.initialize_distributed(shutdown_timeout_seconds=shares.FINISH_TIMEOUT_SECONDS)
+  start_jobs(define_evaluation_flags())
   run_attack(options)
 
 

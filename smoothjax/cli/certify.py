@@ -1,46 +1,20 @@
 """Certifies (or predicts with) the smoothed classifier of a trained workdir.
 
-Certify the test split (Cohen et al. 2019, Algorithm 1), one TSV row per input
-in Cohen et al.'s format ``idx label predict radius correct time`` (then
-``p_lower count n input_hash``); rerunning the same command resumes where it
-stopped::
+One TSV row per input in Cohen et al.'s format (``idx label predict radius correct
+time``, then ``p_lower count n ... input_hash``); the same command resumes. The flags
+keep the names of Cohen et al.'s ``certify.py`` (``--skip 20 --max 400``: inputs 0, 20,
+..., 380); :mod:`smoothjax.jobs.certify` does the work and documents it::
 
   python certify.py --workdir workdirs/demo --outfile results/demo.tsv \
       --n0 100 --n 100000 --alpha 0.001 --batch 1000 --skip 20
-
-Options keep the names and meanings of Cohen et al.'s ``certify.py``: ``--skip
-20 --max 400`` certifies the inputs 0, 20, ..., 380 (``--max`` bounds the
-dataset index); ``--count N`` certifies at most N of the selected inputs.
-
-Sequential CERTIFY (``smoothing.certify_adaptive``) spends on each input only the
-samples it needs, with the same guarantee; the TSV gains ``samples`` (estimation samples
-spent) and ``stop`` (why it stopped) columns, and ``n`` holds ``n_max``::
-
-  python certify.py --workdir workdirs/demo --outfile results/seq.tsv --adaptive \
-      --radii 0,0.25,0.5,0.75 --n_max 100000 --alpha 0.001
-
-``--target_radius R`` asks only "certified at R?", ``--tolerance T`` stops an input once
-``n_max`` samples could raise its radius by at most T.
-
-Predict mode (Algorithm 2) writes ``idx label predict correct time input_hash``::
-
-  python certify.py --workdir workdirs/demo --outfile results/pred.tsv --predict --n 1000
-
-Tables and one plot from several result files, ours or Cohen et al.'s::
-
+  python certify.py ... --adaptive --radii 0,0.25,0.5,0.75 --n_max 100000   # sequential
+  python certify.py ... --predict --n 1000                                   # PREDICT
   python certify.py analyze results/a.tsv results/b.tsv --plot curves.png --format latex
+  python certify.py merge results/demo.tsv   # the parts of a multi-process run
 
-How the model is evaluated: BatchNorm folded into its convolutions (``--fold_batchnorm``,
-default on), in ``--dtype`` float32 or bfloat16, at ``--precision``; the certificates are
-for the model as evaluated, and the settings file records all three. ``--batch`` defaults
-to what half the free device memory holds (1000 on CPUs)::
-
-  python certify.py --workdir workdirs/cifar --outfile results/bf16.tsv --dtype bfloat16
-
-What a result file can be trusted for: one process writes it at a time (it
-holds ``OUTFILE.lock``); its settings file records the settings, the noise and a
-fingerprint of the model's parameters, and each row the hash of its input, so a
-rerun resumes only onto rows of the same model, data and settings.
+The model is evaluated with BatchNorm folded (``--fold_batchnorm``), in ``--dtype``, at
+``--precision``; the certificates hold for the model as evaluated, and the settings
+file records all three with the model's fingerprint.
 """
 
 from __future__ import annotations
@@ -50,8 +24,9 @@ import sys
 
 from absl import app, flags
 
-from smoothjax import locks, noise, parallel, results, shares, sizing
-from smoothjax.cli.common import define_evaluation_flags, run_app
+from smoothjax import noise, results
+from smoothjax.cli.common import define_evaluation_flags, run_app, start_jobs
+from smoothjax.devices import sizing
 from smoothjax.errors import InputError
 from smoothjax.jobs import certify as job
 
@@ -192,16 +167,7 @@ def merge_main(paths):
       raise InputError(f"--{name} has no effect with merge; drop it")
   if len(paths) != 1:
     raise InputError("merge takes one result file: certify.py merge OUTFILE (the --outfile path)")
-  outfile = results.check_output_path(paths[0], "merge OUTFILE")
-  parts = results.part_paths(outfile)
-  if not parts:
-    if not os.path.lexists(outfile):
-      raise InputError(f"{outfile} does not exist and has no parts ({outfile}.part-I-of-N)")
-    print(f"{outfile} has no part files: nothing to merge")
-    return
-  with locks.exclusive(results.lock_path(outfile), f"--outfile {outfile}"):
-    rows = results.merge_parts(outfile)
-  print(f"merged {len(parts)} part files into {outfile}: {rows} rows, sorted by idx")
+  job.merge(paths[0])
 
 
 def main(argv):
@@ -212,8 +178,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {args}; did you mean 'analyze' or 'merge'?")
   if args and args[0] == "merge":
     return merge_main(args[1:])
-  _EVALUATION.configure()  # Before JAX starts: XLA reads its flags once.
-  parallel.initialize_distributed(shutdown_timeout_seconds=shares.FINISH_TIMEOUT_SECONDS)
+  start_jobs(_EVALUATION)
   return certify_main()
 
 

@@ -13,7 +13,7 @@ Every program ends in one of:
 * in a multi-process job, a process that ends with an error leaves a notice that
   stops the other processes too, each with one line naming the process; a process
   that dies outright ends the others with exit status 3
-  (:mod:`smoothjax.processes`).
+  (:mod:`smoothjax.devices.processes`).
 
 With ``SMOOTHJAX_DEBUG=1`` in the environment the traceback is printed too.
 """
@@ -28,9 +28,11 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
-from smoothjax import numerics, processes, stopping
+from smoothjax import stopping
+from smoothjax.devices import numerics, parallel, processes
 from smoothjax.errors import InputError
 from smoothjax.models import transforms
+from smoothjax.results import shares
 
 USER_ERROR = 2
 INTERNAL_ERROR = 1
@@ -190,6 +192,17 @@ class EvaluationFlags:
 
 
 _EVALUATION_FLAGS: list[EvaluationFlags] = []
+
+
+def start_jobs(evaluation: EvaluationFlags | None = None) -> None:
+  """The start of a program that runs jobs: numerics first, then multi-process JAX.
+
+  ``evaluation``'s --precision and --deterministic are applied before JAX starts (XLA
+  reads its flags once); then ``jax.distributed`` starts where the environment asks.
+  """
+  if evaluation is not None:
+    evaluation.configure()
+  parallel.initialize_distributed(shutdown_timeout_seconds=shares.FINISH_TIMEOUT_SECONDS)
 
 
 def define_evaluation_flags() -> EvaluationFlags:

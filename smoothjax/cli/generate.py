@@ -14,9 +14,9 @@ import sys
 
 from absl import app, flags
 
-from smoothjax import generation, numerics, parallel, shares
-from smoothjax.cli.common import define_evaluation_flags, run_app
+from smoothjax.cli.common import define_evaluation_flags, run_app, start_jobs
 from smoothjax.jobs.generate import NORMS, Options, parse_classes, run_generate
+from smoothjax.objectives import generation
 
 
 def _define_flags() -> None:
@@ -63,8 +63,7 @@ def main(argv):
   if argv[1:]:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   options = options_from_flags()
-  numerics.configure(precision=options.precision, deterministic=flags.FLAGS.deterministic)
-  parallel.initialize_distributed(shutdown_timeout_seconds=shares.FINISH_TIMEOUT_SECONDS)
+  start_jobs(define_evaluation_flags())
   run_generate(options)
 
 

@@ -1,6 +1,6 @@
 """Trains a base classifier; rerunning the same command resumes.
 
-  python train.py --config configs/default.py --workdir workdirs/demo \
+  python train.py --config default --workdir workdirs/demo \
       [--config.noise_sd=0.5 --config.num_epochs=10 ...]
 """
 
@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pathlib
 import re
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from smoothjax import numerics, parallel, training
+from smoothjax import configs, training
 from smoothjax.cli import common
+from smoothjax.devices import numerics, parallel
 from smoothjax.errors import one_line
 
 
@@ -33,13 +35,42 @@ def _fail(message: str):
   sys.exit(2)
 
 
-def _config_path(argv: list[str]) -> str | None:
+SHIPPED = pathlib.Path(configs.__file__).parent
+
+
+def shipped_configs() -> list[str]:
+  """The names of the configs that ship with smoothjax (``smoothjax/configs/NAME.py``)."""
+  return sorted(p.stem for p in SHIPPED.glob("*.py") if not p.stem.startswith("_"))
+
+
+def _config_arg(argv: list[str]) -> int | None:
+  """The position in ``argv`` of the --config value (``--config=V`` or ``--config V``)."""
   for i, arg in enumerate(argv):
     if arg.startswith("--config="):
-      return arg.split("=", 1)[1]
+      return i
     if arg == "--config" and i + 1 < len(argv):
-      return argv[i + 1]
+      return i + 1
   return None
+
+
+def resolve_config(value: str) -> str:
+  """A config file's path from ``PATH[:ARG]`` or a shipped config's ``NAME[:ARG]``."""
+  path, sep, arg = value.partition(":")
+  if os.path.isfile(path) or os.sep in path or path.endswith(".py"):
+    return value
+  if path in shipped_configs():
+    return str(SHIPPED / f"{path}.py") + sep + arg
+  return value
+
+
+def _config_path(argv: list[str]) -> str | None:
+  """Resolves --config in ``argv`` in place (a shipped config's name -> its path)."""
+  i = _config_arg(argv)
+  if i is None:
+    return None
+  prefix = "--config=" if argv[i].startswith("--config=") else ""
+  argv[i] = prefix + resolve_config(argv[i][len(prefix):])
+  return argv[i][len(prefix):]
 
 
 def _check_config_file(path: str) -> None:
@@ -50,7 +81,7 @@ def _check_config_file(path: str) -> None:
   """
   path, *args = path.split(":", 1)  # ml_collections passes "FILE:ARG" to get_config(ARG)
   if not os.path.isfile(path):
-    _fail(f"config file {path} does not exist; pass e.g. --config=configs/default.py")
+    _fail(f"config file {path} does not exist; pass e.g. --config=default")
   spec = importlib.util.spec_from_file_location("_smoothjax_user_config", path)
   try:
     module = importlib.util.module_from_spec(spec)
@@ -58,7 +89,7 @@ def _check_config_file(path: str) -> None:
   except Exception as e:  # The user's file: any error in it is theirs to fix.
     _fail(f"config file {path} does not load ({type(e).__name__}: {e}); fix the file")
   if not callable(getattr(module, "get_config", None)):
-    _fail(f"config file {path} has no get_config() function; see configs/default.py")
+    _fail(f"config file {path} has no get_config() function; see smoothjax/configs/default.py")
   try:
     module.get_config(*args)
   except Exception as e:  # As above: the user's code.
@@ -76,7 +107,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   except AttributeError as e:
     # ml_collections refuses an override of a field the (locked) config lacks.
     name = re.sub(r"^[\"']+|[\"']+$", "", str(e))
-    _fail(f"the config has no field {name!r}; check the spelling (fields: configs/default.py)")
+    fields = "smoothjax/configs/default.py"
+    _fail(f"the config has no field {name!r}; check the spelling (fields: {fields})")
   except (ValueError, TypeError, KeyError, OSError) as e:
     _fail(f"bad --config override: {str(e).splitlines()[0]}")
 

@@ -22,7 +22,8 @@ Salman et al.'s evaluation uses m = 128, 20 steps and PREDICT with n = 100::
 Input ``i`` draws its randomness (random starts, attack noise, PREDICT's
 samples) from ``fold_in(key(seed), i)``, so rows do not depend on the batch
 size or on where a run was resumed. At the end a table of clean accuracy and
-accuracy under the attack at each eps is printed (:func:`summarize` reads it
+accuracy under the attack at each eps is printed
+(:func:`smoothjax.analysis.attacks.summarize` reads it
 back from any output file).
 """
 
@@ -32,36 +33,26 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 from tqdm.auto import tqdm
 
-from smoothjax import (
-  attacks,
-  checkpointing,
-  losses,
-  noise,
-  numerics,
-  parallel,
-  pictures,
-  results,
-  shares,
-  smoothing,
-  stopping,
-)
-from smoothjax import data as data_lib
+from smoothjax import analysis, hashing, results, smoothing, stopping
+from smoothjax.analysis import pictures
+from smoothjax.devices import numerics, parallel
 from smoothjax.errors import InputError
+from smoothjax.jobs import common
 from smoothjax.models import transforms
+from smoothjax.objectives import attacks, losses
+from smoothjax.results import shares
+from smoothjax.smoothing import votes
 
 ATTACKS = ("fgsm", "pgd")
 NORMS = attacks.NORMS
-# Tag folded into an input's key for the attacks (smoothing.py's PREDICT folds 2).
-_ATTACK_TAG = 3
 _PICTURE_EXAMPLES = 8
 
 
@@ -103,110 +94,16 @@ class Options:
 # Output format.
 
 
-def eps_name(eps: float) -> str:
-  """The text of ``eps`` in column names: ``0.25``, ``1``, ``0.0313725``."""
-  return f"{eps:g}"
-
-
 def columns(eps_list: Sequence[float]) -> tuple[str, ...]:
   """The output columns for radii ``eps_list``."""
-  per_eps = [(f"predict_eps{eps_name(e)}", f"correct_eps{eps_name(e)}") for e in eps_list]
+  names = [analysis.attacks.eps_name(e) for e in eps_list]
+  per_eps = [(f"predict_eps{name}", f"correct_eps{name}") for name in names]
   return (
     *results.PREDICT_COLUMNS[:-1],
     *[c for pair in per_eps for c in pair],
     "time",
     results.INPUT_HASH_COLUMN,
   )
-
-
-def summarize(path: str | os.PathLike) -> dict:
-  """Clean accuracy and accuracy under attack at each eps of an ``attack.py`` output.
-
-  Accuracy under attack is the fraction of inputs whose adversarial point is
-  classified correctly (an abstention of the smoothed classifier counts as
-  wrong), as in Salman et al.'s empirical accuracy.
-
-  Args:
-    path: a TSV written by ``attack.py``.
-
-  Returns:
-    A dict with ``inputs`` (rows), ``clean_accuracy``, ``eps`` (the radii, in
-    column order), ``accuracy`` (one per eps), ``clean_abstain_rate`` and
-    ``abstain_rate`` (one per eps; 0 for the base classifier), and
-    ``settings`` (the run's settings, ``{}`` if the file has none).
-
-  Raises:
-    InputError: the file is missing, has no rows or no ``correct_eps`` column.
-  """
-  res = results.read_results(path)
-  if len(res) == 0:
-    raise InputError(f"no result rows in {path}; run attack.py first or check the file")
-  eps_columns = [c for c in res.extra if c.startswith("correct_eps")]
-  if not eps_columns:
-    raise InputError(f"{path} has no correct_eps columns; is it an attack.py output?")
-  eps, accuracy, abstain = [], [], []
-  for column in eps_columns:
-    name = column.removeprefix("correct_eps")
-    predictions = res.extra.get(f"predict_eps{name}")
-    try:
-      eps.append(float(name))
-    except ValueError:
-      predictions = None
-    if predictions is None or predictions.dtype.kind != "f":
-      raise InputError(f"{path}: column {column} lacks its predict_eps{name}; is it attack.py's?")
-    accuracy.append(float(np.mean(res.extra[column])))
-    abstain.append(float(np.mean(predictions < 0)))
-  return {
-    "inputs": len(res),
-    "clean_accuracy": float(np.mean(res.correct)),
-    "eps": eps,
-    "accuracy": accuracy,
-    "clean_abstain_rate": float(np.mean(res.predict < 0)),
-    "abstain_rate": abstain,
-    "settings": results.read_settings(path) or {},
-  }
-
-
-def describe(settings: Mapping) -> str:
-  """A short description of the attack in ``settings``: ``pgd l2, 20 steps``."""
-  if not settings:
-    return ""
-  attack = settings.get("attack", "?")
-  text = f"{attack} {settings.get('norm', '?')}"
-  if settings.get("steps"):
-    text += f", {settings['steps']} steps"
-  if settings.get("smoothed"):
-    family = noise.family_name(settings.get("noise") or "gaussian")
-    scale = f"sigma={settings.get('sigma'):g}"
-    scale = scale if family == "gaussian" else f"{family} {scale}"
-    text += f", {scale}, m={settings.get('m')}, n={settings.get('n')}"
-  return text
-
-
-def table(summaries: Mapping[str, Mapping]) -> str:
-  """A Markdown table of accuracy (%) clean and under attack, one row per run.
-
-  Args:
-    summaries: run name -> :func:`summarize` output. Runs may attack at
-      different radii; a radius a run lacks shows ``-``.
-
-  Returns:
-    The table text, ending in a newline.
-  """
-  radii = sorted({e for s in summaries.values() for e in s["eps"]})
-  header = ["run", "inputs", "clean"] + [f"eps = {eps_name(e)}" for e in radii]
-  smoothed = any(s["clean_abstain_rate"] > 0 or any(s["abstain_rate"]) for s in summaries.values())
-  if smoothed:
-    header.append("abstain (clean)")
-  lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-  for name, s in summaries.items():
-    by_eps = dict(zip(s["eps"], s["accuracy"], strict=True))
-    cells = [str(name).replace("|", r"\|"), str(s["inputs"]), f"{100 * s['clean_accuracy']:.1f}"]
-    cells += [f"{100 * by_eps[e]:.1f}" if e in by_eps else "-" for e in radii]
-    if smoothed:
-      cells.append(f"{100 * s['clean_abstain_rate']:.1f}")
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------
@@ -234,7 +131,7 @@ def _check_eps(eps) -> tuple[float, ...]:
   for value in values:
     if not math.isfinite(value) or value < 0:
       raise InputError(f"--eps values must be finite and >= 0, got {value:g}")
-  names = [eps_name(v) for v in values]
+  names = [analysis.attacks.eps_name(v) for v in values]
   if len(set(names)) < len(names):
     twice = next(n for n in names if names.count(n) > 1)
     raise InputError(f"--eps lists {twice} twice; give each radius once")
@@ -306,30 +203,10 @@ def _attack_factory(o: Options):
   )
 
 
-def select_indices(size: int, skip: int, max_index: int, count: int | None = None) -> np.ndarray:
-  """Cohen et al.'s selection: every ``skip``-th index below ``max_index``, the first ``count``."""
-  indices = np.arange(0, size, skip, dtype=np.int64)
-  if max_index >= 0:
-    indices = indices[indices < max_index]
-  if count is not None:
-    indices = indices[:count]
-  return indices
-
-
-def _settings(o: Options, model, meta, config, sigma) -> dict:
-  """What the rows depend on: a resumed file must have been written with the same.
-
-  ``model`` is the trained model as restored (its fingerprint), before folding.
-  """
+def _settings(o: Options, run: common.Run, sigma) -> dict:
+  """What the rows depend on: a resumed file must have been written with the same."""
   fgsm = o.attack == "fgsm"
-  return {
-    "program": "attack",
-    "workdir": os.path.abspath(o.workdir),
-    "epoch": int(meta["epoch"]),
-    "step": int(meta["step"]),
-    "model": results.fingerprint(nnx.state(model)),
-    **transforms.evaluation_settings(o.dtype, o.fold_batchnorm, o.precision),
-    "dataset": config.dataset,
+  return common.settings({"program": "attack"}, run, o) | {
     "split": o.split,
     "smoothed": o.smoothed,
     "attack": "smoothadv" if o.smoothed else o.attack,
@@ -432,7 +309,7 @@ class _Evaluator:
     xs = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)])
     ys = np.concatenate([labels, np.repeat(labels[-1:], pad)])
     keys = jax.vmap(jax.random.fold_in, (None, 0))(self.base_key, padded_idx)
-    attack_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, _ATTACK_TAG)
+    attack_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, votes.ATTACK)
     if self.mesh is not None:
       xs, ys = parallel.shard_batch((xs, ys), self.mesh)
     else:
@@ -467,10 +344,11 @@ def run_attack(o: Options) -> dict:
 
   Prints the progress and the table; with ``o.examples`` writes the picture. Under
   ``jax.distributed`` each process attacks its share of the inputs into its own part
-  file and process 0 merges them, prints and draws (:mod:`smoothjax.shares`).
+  file and process 0 merges them, prints and draws (:mod:`smoothjax.results.shares`).
 
   Returns:
-    :func:`summarize` of the output file ({} on processes other than 0).
+    :func:`smoothjax.analysis.attacks.summarize` of the output file ({} on processes
+    other than 0).
 
   Raises:
     InputError: bad settings (before anything is written), a missing workdir, or
@@ -482,31 +360,21 @@ def run_attack(o: Options) -> dict:
 
 
 def _run_attack(o: Options) -> dict:
-  model, config, _, meta = checkpointing.restore_model(o.workdir, o.epoch)
+  run = common.restore(o.workdir, o.epoch, fold=o.fold_batchnorm, dtype=o.dtype)
+  model = run.model
   sigma = noise_dist = None
-  dataset = data_lib.load(config.dataset, data_dir=config.get("data_dir") or None)
-  if o.smoothed:
-    sigma = o.sigma if o.sigma is not None else float(config.noise_sd)
-    if sigma <= 0:
-      raise InputError("the run was trained without noise (noise_sd = 0); pass --sigma")
-    # The run's noise family (config.noise) at that sigma.
-    try:
-      noise_dist = noise.parse(
-        config.get("noise", "gaussian"), sigma=sigma, dim=math.prod(dataset.info.image_shape)
-      )
-    except InputError as e:
-      raise InputError(f"the training noise (config.noise) of {o.workdir}: {e}") from None
-  split = dataset.split(o.split)
-  indices = select_indices(len(split), o.skip, o.max, o.count)
-  if not len(indices):
-    raise InputError(
-      f"--skip {o.skip} --max {o.max} selects none of the {len(split)} inputs of split "
-      f"{o.split!r}; lower --skip or raise --max"
+  dataset = run.dataset()
+  if o.smoothed:  # the run's noise family (config.noise) at --sigma, default its noise_sd
+    noise_dist = common.resolve_noise(
+      run.config, o.workdir, sigma=o.sigma, dim=math.prod(dataset.info.image_shape),
+      advice="pass --sigma",
     )
-  settings = _settings(o, model, meta, config, sigma)
+    sigma = noise_dist.sigma
+  split = dataset.split(o.split)
+  indices = common.select(len(split), skip=o.skip, max_index=o.max, count=o.count, split=o.split)
+  settings = _settings(o, run, sigma)
   settings["noise"] = noise_dist.spec if noise_dist is not None else None
-  model = transforms.for_inference(model, fold=o.fold_batchnorm, dtype=o.dtype)
-  # Each process attacks its share on its own devices (see smoothjax.shares).
+  # Each process attacks its share on its own devices (see smoothjax.results.shares).
   local = jax.local_devices()
   mesh = parallel.make_mesh(local) if len(local) > 1 else None
   evaluate = _Evaluator(o, model, split, noise_dist=noise_dist, mesh=mesh)
@@ -530,13 +398,14 @@ def _run_attack(o: Options) -> dict:
         t0 = time.time()
         images, labels, clean_pred, adv_preds, _ = evaluate(idx)
         elapsed = (time.time() - t0) / len(idx)
-        hashes = results.input_hashes(images, labels)
+        hashes = hashing.input_hashes(images, labels)
         for row, (i, label) in enumerate(zip(idx, labels, strict=True)):
           out = {"idx": int(i), "label": int(label), "predict": int(clean_pred[row])}
           out["correct"] = int(out["predict"] == int(label))
           for j, eps in enumerate(o.eps):
-            out[f"predict_eps{eps_name(eps)}"] = int(adv_preds[j, row])
-            out[f"correct_eps{eps_name(eps)}"] = int(adv_preds[j, row] == int(label))
+            name = analysis.attacks.eps_name(eps)
+            out[f"predict_eps{name}"] = int(adv_preds[j, row])
+            out[f"correct_eps{name}"] = int(adv_preds[j, row] == int(label))
           out["time"] = elapsed
           out[results.INPUT_HASH_COLUMN] = hashes[row]
           share.write(out)
@@ -545,8 +414,9 @@ def _run_attack(o: Options) -> dict:
   if share.index != 0:
     print(f"process {share.index}: its share is in {share.path}; process 0 merged the parts")
     return {}
-  summary = summarize(o.outfile)
-  print(table({f"{os.path.basename(o.outfile)} ({describe(settings)})": summary}), end="")
+  summary = analysis.attacks.summarize(o.outfile)
+  name = f"{os.path.basename(o.outfile)} ({analysis.attacks.describe(settings)})"
+  print(analysis.attacks.table({name: summary}), end="")
   if o.examples:
     _draw_examples(o, evaluate, indices)
     print(f"examples: {o.examples}")
@@ -570,7 +440,7 @@ def _draw_examples(o: Options, evaluate: _Evaluator, indices) -> None:
     clean_pred,
     adv_preds[j],
     max_examples=_PICTURE_EXAMPLES,
-    title=f"{what}, {o.norm} eps = {eps_name(o.eps[j])}",
+    title=f"{what}, {o.norm} eps = {analysis.attacks.eps_name(o.eps[j])}",
   )
 
 

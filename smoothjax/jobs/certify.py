@@ -17,7 +17,7 @@ settings, row for row::
 Calling it again resumes; it holds ``OUTFILE.lock`` meanwhile, records the settings
 and the model's fingerprint beside the file and refuses to mix others, and under
 ``jax.distributed`` each process certifies its share into its own part
-(:mod:`smoothjax.shares`). The process-wide settings (``--deterministic``, starting
+(:mod:`smoothjax.results.shares`). The process-wide settings (``--deterministic``, starting
 multi-process JAX) are the caller's; ``precision`` applies inside the call only.
 """
 
@@ -31,24 +31,14 @@ import time
 
 import jax
 import numpy as np
-from flax import nnx
 from tqdm.auto import tqdm
 
-from smoothjax import (
-  analysis,
-  checkpointing,
-  noise,
-  numerics,
-  parallel,
-  results,
-  shares,
-  sizing,
-  smoothing,
-  stopping,
-)
-from smoothjax import data as data_lib
+from smoothjax import analysis, hashing, locks, results, smoothing, stopping
+from smoothjax.devices import numerics, parallel, sizing
 from smoothjax.errors import InputError
+from smoothjax.jobs import common
 from smoothjax.models import transforms
+from smoothjax.results import shares
 
 # Forward passes that one vote-counting call can index (smoothing counts them in int32).
 MAX_PASSES_PER_CALL = 2**31 - 1
@@ -159,7 +149,8 @@ def check_options(o: Options, num_devices: int | None = None) -> None:
     )
   if o.count is not None and o.count < 1:
     raise InputError(f"--count must be >= 1, got {o.count}")
-  resolve_noise(o, None, check_only=True)  # The family's own checks of its settings and scale.
+  # The family's own checks of its settings and scale.
+  common.resolve_noise(None, o.workdir, spec=o.noise, sigma=o.sigma, check_only=True)
   if not 0 <= o.seed < 2**32:
     raise InputError(f"--seed must be in [0, 2^32), got {o.seed}")
   if o.epoch is not None and o.epoch < 0:
@@ -243,59 +234,6 @@ def _check_adaptive(o: Options) -> None:
     raise InputError(f"--first_look must be >= 1, got {o.first_look}")
 
 
-def resolve_noise(
-  o: Options, config, *, dim: int | None = None, check_only: bool = False
-) -> noise.Noise:
-  """The certification noise: ``noise`` and ``sigma``, else the run's training noise.
-
-  With ``check_only`` (before the workdir is read) the options alone are checked, a
-  scale left to the training run standing in as 1.
-  """
-  if o.sigma is not None:
-    try:
-      noise.Gaussian(sigma=o.sigma)  # Every family's bounds on sigma are these.
-    except InputError as e:
-      raise InputError(f"--sigma {o.sigma}: {e}") from None
-  spec = o.noise
-  default = 1.0 if check_only else None
-  if not check_only and (spec is None or o.sigma is None):
-    sd = config.get("noise_sd")
-    where = f"config.json of {o.workdir}"
-    if isinstance(sd, bool) or not isinstance(sd, int | float) or not math.isfinite(sd):
-      raise InputError(f"{where} has noise_sd = {sd!r}, not a noise level; pass --sigma")
-    if sd < 0:
-      raise InputError(f"{where} has noise_sd = {sd}, which is negative; pass --sigma")
-    default = float(sd) if sd > 0 else None
-    if spec is None:
-      spec = config.get("noise", "gaussian")
-  if check_only and spec is None:
-    spec = "gaussian"
-  try:
-    return noise.parse(spec, sigma=o.sigma, default_sigma=default, dim=dim)
-  except InputError as e:
-    if "has no scale" in str(e):
-      raise InputError(
-        "the run was trained without noise (noise_sd = 0); pass --sigma or --noise FAMILY:SIGMA"
-      ) from None
-    flag = f"--noise {o.noise}" if o.noise else "the training noise (config.noise)"
-    raise InputError(f"{flag}: {e}") from None
-
-
-def select(o: Options, num_inputs: int) -> np.ndarray:
-  """Cohen et al.'s selection: every skip-th index below max; then the first ``count``."""
-  indices = np.arange(0, num_inputs, o.skip)
-  if o.max >= 0:
-    indices = indices[indices < o.max]
-  if o.count is not None:
-    indices = indices[: o.count]
-  if not len(indices):
-    raise InputError(
-      f"--skip {o.skip} --max {o.max} selects none of the {num_inputs} inputs of "
-      f"split {o.split!r}; lower --skip or raise --max"
-    )
-  return indices
-
-
 def run(o: Options) -> results.Results | None:
   """Certifies (resuming) the selected inputs of ``o.workdir``'s split into ``o.outfile``.
 
@@ -317,14 +255,14 @@ def run(o: Options) -> results.Results | None:
 
 def _run(o: Options) -> results.Results | None:
   outfile = o.outfile
-  model, config, info, meta = checkpointing.restore_model(o.workdir, o.epoch)
-  del info
-  fingerprint = results.fingerprint(nnx.state(model))  # Of the trained model, as saved.
-  model = transforms.for_inference(model, fold=o.fold_batchnorm, dtype=o.dtype)
-  dataset = data_lib.load(config.dataset, data_dir=config.get("data_dir") or None)
-  noise_dist = resolve_noise(o, config, dim=math.prod(dataset.info.image_shape))
+  run = common.restore(o.workdir, o.epoch, fold=o.fold_batchnorm, dtype=o.dtype)
+  model, config = run.model, run.config
+  dataset = run.dataset()
+  noise_dist = common.resolve_noise(
+    config, o.workdir, spec=o.noise, sigma=o.sigma, dim=math.prod(dataset.info.image_shape)
+  )
   split = dataset.split(o.split)
-  indices = select(o, len(split))
+  indices = common.select(len(split), skip=o.skip, max_index=o.max, count=o.count, split=o.split)
   columns = (
     (*results.PREDICT_COLUMNS, results.INPUT_HASH_COLUMN)
     if o.predict
@@ -338,14 +276,10 @@ def _run(o: Options) -> results.Results | None:
       results.INPUT_HASH_COLUMN,
     )
   )
-  settings = {
-    "mode": "predict" if o.predict else "certify",
-    "workdir": os.path.abspath(o.workdir),
-    "epoch": int(meta["epoch"]),
-    "step": int(meta["step"]),
-    "model_fingerprint": fingerprint,
-    **transforms.evaluation_settings(o.dtype, o.fold_batchnorm, o.precision),
-    "dataset": str(config.dataset),
+  settings = common.settings(
+    {"mode": "predict" if o.predict else "certify"}, run, o, model_key="model_fingerprint"
+  )
+  settings |= {
     "split": o.split,
     "noise": noise_dist.spec,
     "noise_norm": noise_dist.norm,
@@ -437,7 +371,7 @@ def _certify(o: Options, model, split, indices, share, noise_dist, batch) -> Non
       stopping.check()
       idx = todo[start : start + group]
       images, labels = split.get(idx)
-      hashes = results.input_hashes(images, labels)
+      hashes = hashing.input_hashes(images, labels)
       keys = jax.vmap(jax.random.fold_in, (None, 0))(base_key, idx.astype(np.uint32))
       t0 = time.time()
       if o.predict:
@@ -486,6 +420,25 @@ def _certify(o: Options, model, split, indices, share, noise_dist, batch) -> Non
 
 # --------------------------------------------------------------------------
 # The table and the plot of one or several result files.
+
+
+def merge(outfile: str) -> int:
+  """Merges the part files of a multi-process run into ``outfile``, rows sorted by idx.
+
+  Returns:
+    The number of rows merged (0 when there are no parts: nothing to merge).
+  """
+  outfile = results.check_output_path(outfile, "merge OUTFILE")
+  parts = results.part_paths(outfile)
+  if not parts:
+    if not os.path.lexists(outfile):
+      raise InputError(f"{outfile} does not exist and has no parts ({outfile}.part-I-of-N)")
+    print(f"{outfile} has no part files: nothing to merge")
+    return 0
+  with locks.exclusive(results.lock_path(outfile), f"--outfile {outfile}"):
+    rows = results.merge_parts(outfile)
+  print(f"merged {len(parts)} part files into {outfile}: {rows} rows, sorted by idx")
+  return rows
 
 
 def _settings_of(path) -> dict:

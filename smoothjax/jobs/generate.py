@@ -1,6 +1,6 @@
 """Generate images of chosen classes with a trained classifier, smoothed or not.
 
-Ascends a class's score (:mod:`smoothjax.generation`) by targeted PGD from a
+Ascends a class's score (:mod:`smoothjax.objectives.generation`) by targeted PGD from a
 seed, as Santurkar et al. 2019 ("Image Synthesis with a Single (Robust)
 Classifier") with a robust model, or with a smoothed classifier estimated with
 ``--m`` noise samples per step under the run's training noise::
@@ -42,37 +42,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
-import re
 import sys
-import zipfile
-import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from tqdm.auto import tqdm
 
-from smoothjax import (
-  checkpointing,
-  generation,
-  hashing,
-  locks,
-  noise,
-  numerics,
-  parallel,
-  pictures,
-  processes,
-  shares,
-  stopping,
-)
-from smoothjax import data as data_lib
-from smoothjax.errors import InputError, one_line
+from smoothjax import analysis, locks, stopping
+from smoothjax.analysis import pictures
+from smoothjax.devices import numerics, parallel, processes
+from smoothjax.errors import InputError
+from smoothjax.jobs import common
 from smoothjax.models import transforms
+from smoothjax.objectives import generation
+from smoothjax.results import parts, shares
 
 NORMS = ("l2", "linf")
 # Santurkar et al.'s CIFAR-10 generation: l2, eps 30, step 0.5, 60 steps (a ball large
@@ -187,21 +174,18 @@ def _check_classes(o: Options, num_classes: int) -> tuple[int, ...]:
   return classes
 
 
-def _noise(o: Options, config, info):
+def _noise(o: Options, run: common.Run):
+  """The run's noise family (config.noise) at --sigma, default its noise_sd; None for m 0."""
   if o.m == 0:
     return None
-  sigma = o.sigma if o.sigma is not None else float(config.noise_sd)
-  if sigma <= 0:
-    raise InputError(
-      "the run was trained without noise (noise_sd = 0): pass --sigma for the smoothed "
-      "classifier, or --m 0 to generate with the base classifier"
-    )
-  try:
-    return noise.parse(
-      config.get("noise", "gaussian"), sigma=sigma, dim=math.prod(info.image_shape)
-    )
-  except InputError as e:
-    raise InputError(f"the training noise (config.noise) of the run: {e}") from None
+  return common.resolve_noise(
+    run.config,
+    o.workdir,
+    sigma=o.sigma,
+    dim=math.prod(run.info.image_shape),
+    advice="pass --sigma for the smoothed classifier, or --m 0 to generate with the base "
+    "classifier",
+  )
 
 
 def _load_judge(o: Options, config, info, model_fingerprint: str):
@@ -216,8 +200,9 @@ def _load_judge(o: Options, config, info, model_fingerprint: str):
     return None
   if os.path.abspath(o.judge) == os.path.abspath(o.workdir):
     raise InputError("--judge is the generating run itself; pass an independently trained run")
-  judge, judge_config, judge_info, _ = checkpointing.restore_model(o.judge, o.judge_epoch)
-  if hashing.fingerprint(nnx.state(judge)) == model_fingerprint:  # As trained, before folding.
+  judge = common.restore(o.judge, o.judge_epoch, fold=o.fold_batchnorm, dtype=o.dtype)
+  judge_config, judge_info = judge.config, judge.info
+  if judge.fingerprint == model_fingerprint:  # of the parameters as trained
     raise InputError(
       f"--judge {o.judge} holds the same parameters as the generating run {o.workdir} (a copy "
       "of it), so it is no independent judge; pass an independently trained run"
@@ -236,22 +221,12 @@ def _load_judge(o: Options, config, info, model_fingerprint: str):
       f"{tuple(judge_info.image_shape)} images, the generating run {info.num_classes} of "
       f"{tuple(info.image_shape)}; pass a judge of the same dataset"
     )
-  return transforms.for_inference(judge, fold=o.fold_batchnorm, dtype=o.dtype)
+  return judge.model
 
 
-def _settings(o: Options, model_fingerprint: str, meta, config, noise_dist, factor) -> dict:
-  """What every image depends on: a resumed outdir must have been written with the same.
-
-  ``model_fingerprint`` is the generating model's, as trained (before folding).
-  """
-  return {
-    "program": "generate",
-    "workdir": os.path.abspath(o.workdir),
-    "epoch": int(meta["epoch"]),
-    "step": int(meta["step"]),
-    "model": model_fingerprint,
-    **transforms.evaluation_settings(o.dtype, o.fold_batchnorm, o.precision),
-    "dataset": config.dataset,
+def _settings(o: Options, run: common.Run, noise_dist, factor) -> dict:
+  """What every image depends on: a resumed outdir must have been written with the same."""
+  return common.settings({"program": "generate"}, run, o) | {
     "loss": o.loss,
     "m": o.m,
     "noise": None if noise_dist is None else noise_dist.spec,
@@ -429,175 +404,6 @@ def _judge_predictions(judge, images, batch: int) -> np.ndarray:
 # Output folder: settings, finished parts, merged results.
 
 
-PART_ARRAYS = ("images", "seeds", "targets", "index", "confidence")
-DIGEST_KEY = "settings_digest"
-# A part's name (parts of a multi-process run name their process); not the temporary
-# ``NAME.tmp.npz`` a writer is filling, nor a part set aside.
-_PART_NAME = re.compile(r"part-(?:\d+-of-\d+-)?\d+\.npz")
-# What reading a damaged npz raises: a cut-off or garbled zip, a CRC mismatch, a bad
-# compressed stream, a file that is not an npz at all.
-_DAMAGED = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
-
-
-def settings_digest(settings: dict) -> str:
-  """The sha256 hex digest of ``settings`` (:func:`_settings`) as canonical JSON.
-
-  Every part records the digest of the settings it was generated with, so that a part
-  of other settings (copied from another outdir) is never merged.
-  """
-  text = json.dumps(settings, sort_keys=True, separators=(",", ":"), allow_nan=False)
-  return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _part_problem(arrays: dict) -> str | None:
-  """What does not fit together in a part's arrays (None if they do)."""
-  images, seeds, targets, index, confidence = (arrays[k] for k in PART_ARRAYS)
-  if images.ndim != 4 or seeds.shape != images.shape:
-    return f"images {images.shape} and seeds {seeds.shape} are not one batch of images"
-  if any(a.ndim != 1 for a in (targets, index, confidence)):
-    return "targets, index and confidence are not one value per image"
-  if len({len(a) for a in arrays.values()}) != 1:
-    return "its arrays have different lengths"
-  if not all(np.issubdtype(a.dtype, np.integer) for a in (targets, index)):
-    return f"targets ({targets.dtype}) and index ({index.dtype}) are not integers"
-  return None
-
-
-def _set_aside(path: str, suffix: str) -> str | None:
-  """Renames part ``path`` to the first free ``path + suffix`` (``.1``, ... after it).
-
-  Returns:
-    The new name; None if ``path`` is gone (another process of the job set it aside).
-  """
-  target, number = path + suffix, 0
-  while os.path.lexists(target):
-    number += 1
-    target = f"{path}{suffix}.{number}"
-  try:
-    os.rename(path, target)
-  except FileNotFoundError:
-    return None
-  return target
-
-
-def _read_part(path: str, digest: str) -> tuple[str, dict | str]:
-  """One part: ``("ok", arrays)``, or ``("foreign" | "damaged", why)``."""
-  try:
-    part = np.load(path)
-    if not isinstance(part, np.lib.npyio.NpzFile):
-      return "damaged", "an array, not an npz archive of arrays"
-    with part:
-      if DIGEST_KEY not in part.files:
-        return "foreign", "it records no settings digest: written elsewhere or by an older version"
-      recorded = part[DIGEST_KEY]
-      if recorded.shape or str(recorded) != digest:
-        return "foreign", "it was generated with other settings, in another outdir"
-      arrays = {k: part[k] for k in PART_ARRAYS}
-  except _DAMAGED as e:
-    return "damaged", one_line(e, 120)
-  problem = _part_problem(arrays)
-  return ("damaged", problem) if problem else ("ok", arrays)
-
-
-def _read_parts(parts_dir: str, digest: str) -> dict[tuple[int, int], dict]:
-  """The images of the parts in ``parts_dir`` generated with settings of ``digest``.
-
-  Sets aside (see the module docstring), with a note on stderr, every other part: one
-  without this digest as ``NAME.foreign``, a damaged one as ``NAME.damaged``; their
-  images are generated again.
-
-  Returns:
-    The arrays' rows by (class, index).
-  """
-  done = {}
-  names = sorted(n for n in os.listdir(parts_dir) if _PART_NAME.fullmatch(n))
-  for path in (os.path.join(parts_dir, n) for n in names):
-    kind, found = _read_part(path, digest)
-    if kind != "ok":
-      target = _set_aside(path, f".{kind}")
-      if target is not None:  # (None: another process of the job set it aside)
-        print(
-          f"note: set aside the {kind} part {path} as {os.path.basename(target)} ({found}); "
-          "its images are generated again",
-          file=sys.stderr,
-        )
-      continue
-    for row, (c, j) in enumerate(zip(found["targets"], found["index"], strict=True)):
-      done[(int(c), int(j))] = {k: v[row] for k, v in found.items()}
-  return done
-
-
-def _check_settings(outdir: str, settings: dict, *, write: bool = True) -> None:
-  path = os.path.join(outdir, "settings.json")
-  if os.path.isfile(path):
-    try:
-      with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-    except (OSError, ValueError):
-      saved = None
-    if saved is not None and saved != settings:
-      changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
-      what = ", ".join(f"{k} {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed[:3])
-      hint = " (the checkpoint was retrained since)" if "model" in changed else ""
-      raise InputError(
-        f"{outdir} holds images generated with other settings ({what}){hint}; rerun with "
-        "the same settings to resume, or choose another --outdir"
-      )
-  if not write:
-    return
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(settings, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
-def _write_part(parts_dir: str, prefix: str, number: int, arrays: dict, digest: str) -> int:
-  """Writes a batch as the first free ``PREFIX<number>.npz`` from ``number`` on; returns next.
-
-  The part records ``digest``, its settings' (:func:`settings_digest`).
-  """
-  while os.path.lexists(path := os.path.join(parts_dir, f"{prefix}{number:06d}.npz")):
-    number += 1
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays, **{DIGEST_KEY: np.asarray(digest)})
-  os.replace(tmp, path)
-  return number + 1
-
-
-def _summary(classes, targets, l2, confidence, judge_pred, seed_pred) -> dict:
-  def block(mask):
-    out = {
-      "images": int(mask.sum()),
-      "confidence": float(np.mean(confidence[mask])),
-      "l2_to_seed": float(np.mean(l2[mask])),
-    }
-    if judge_pred is not None:
-      out["judge_accuracy"] = float(np.mean(judge_pred[mask] == targets[mask]))
-      out["judge_accuracy_seeds"] = float(np.mean(seed_pred[mask] == targets[mask]))
-    return out
-
-  return {
-    "overall": block(np.ones(len(targets), bool)),
-    "per_class": {str(c): block(targets == c) for c in classes},
-  }
-
-
-def table(summary: dict) -> str:
-  """A Markdown table of :func:`run_generate`'s summary: per class, then overall."""
-  judged = "judge_accuracy" in summary["overall"]
-  header = ["class", "images", "confidence", "l2 to seed"]
-  if judged:
-    header += ["judge acc", "judge acc (seeds)"]
-  lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-  rows = [*summary["per_class"].items(), ("all", summary["overall"])]
-  for name, s in rows:
-    cells = [str(name), str(s["images"]), f"{s['confidence']:.3f}", f"{s['l2_to_seed']:.2f}"]
-    if judged:
-      cells += [f"{100 * s['judge_accuracy']:.1f}", f"{100 * s['judge_accuracy_seeds']:.1f}"]
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
-
-
 def run_generate(o: Options) -> dict:
   """Generates (resuming) ``o.per_class`` images of each class; writes ``o.outdir``.
 
@@ -617,16 +423,15 @@ def run_generate(o: Options) -> dict:
 
 
 def _run_generate(o: Options) -> dict:
-  model, config, info, meta = checkpointing.restore_model(o.workdir, o.epoch)
+  run = common.restore(o.workdir, o.epoch, fold=o.fold_batchnorm, dtype=o.dtype)
+  model, config, info = run.model, run.config, run.info
   classes = _check_classes(o, info.num_classes)
-  noise_dist = _noise(o, config, info)
-  fingerprint = hashing.fingerprint(nnx.state(model))  # As trained, before folding.
-  judge = _load_judge(o, config, info, fingerprint)
-  dataset = data_lib.load(config.dataset, data_dir=config.get("data_dir") or None)
+  noise_dist = _noise(o, run)
+  judge = _load_judge(o, config, info, run.fingerprint)
+  dataset = run.dataset()
   factor = _seed_factor(o, info)
-  settings = _settings(o, fingerprint, meta, config, noise_dist, factor)
-  digest = settings_digest(settings)
-  model = transforms.for_inference(model, fold=o.fold_batchnorm, dtype=o.dtype)
+  settings = _settings(o, run, noise_dist, factor)
+  digest = parts.settings_digest(settings)
 
   # Under jax.distributed each process generates its share of the images on its own
   # devices into its own parts; process 0 holds the lock, and merges at the end.
@@ -639,13 +444,13 @@ def _run_generate(o: Options) -> dict:
   held = locks.exclusive(lock, f"output folder {o.outdir}") if index == 0 else None
   with held or contextlib.nullcontext():
     if index == 0:
-      _check_settings(o.outdir, settings)
+      parts.check_settings(o.outdir, settings)
     shares.meet(f"smoothjax {o.outdir} open", shares.START_TIMEOUT_SECONDS)
     if index != 0:
-      _check_settings(o.outdir, settings, write=False)
+      parts.check_settings(o.outdir, settings, write=False)
     parts_dir = os.path.join(o.outdir, "parts")
     os.makedirs(parts_dir, exist_ok=True)
-    done = _read_parts(parts_dir, digest)
+    done = parts.read_parts(parts_dir, digest)
     wanted = [(c, j) for c in classes for j in range(o.per_class)]
     mine = parallel.process_share(wanted, index=index, count=count)
     todo = [p for p in mine if p not in done]
@@ -676,7 +481,7 @@ def _run_generate(o: Options) -> dict:
             "index": pairs[:, 1],
             "confidence": confidence,
           }
-          number = _write_part(parts_dir, prefix, number, arrays, digest)
+          number = parts.write_part(parts_dir, prefix, number, arrays, digest)
           for row, (c, j) in enumerate(pairs):
             done[(int(c), int(j))] = {k: v[row] for k, v in arrays.items()}
           bar.update(len(pairs))
@@ -685,7 +490,7 @@ def _run_generate(o: Options) -> dict:
       if index != 0:
         print(f"process {index}: its images are in {parts_dir}; process 0 writes the results")
         return {}
-      done = _read_parts(parts_dir, digest)  # every process's parts
+      done = parts.read_parts(parts_dir, digest)  # every process's parts
     return _finish(o, classes, wanted, done, judge, info)
 
 
@@ -708,7 +513,7 @@ def _finish(o: Options, classes, wanted, done, judge, info) -> dict:
   tmp = os.path.join(o.outdir, "generated.tmp.npz")
   np.savez_compressed(tmp, **arrays)
   os.replace(tmp, os.path.join(o.outdir, "generated.npz"))
-  summary = _summary(classes, targets, l2, confidence, judge_pred, seed_pred)
+  summary = analysis.generation.summary(classes, targets, l2, confidence, judge_pred, seed_pred)
   summary["judge"] = os.path.abspath(o.judge) if o.judge else None
   with open(os.path.join(o.outdir, "summary.json.tmp"), "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=2)
@@ -726,7 +531,7 @@ def _finish(o: Options, classes, wanted, done, judge, info) -> dict:
     title=f"{os.path.basename(os.path.normpath(o.workdir))}: {o.loss} ({smoothed}), "
     f"{o.norm} eps {o.eps:g}, {o.steps} steps, {o.seed_dist} seeds",
   )
-  print(table(summary), end="")
+  print(analysis.generation.table(summary), end="")
   print(
     f"images: {os.path.join(o.outdir, 'generated.npz')}  grid: {os.path.join(o.outdir, 'grid.png')}"
   )
