@@ -191,25 +191,6 @@ def test_predict_mode_and_analyze(workdir, tmp_path):
   assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize(
-  "override,pattern",
-  [
-    ("--config.dataset=not_a_dataset", "not_a_dataset"),
-    ("--config.model=resnet9000", "unknown model"),
-    ("--config.noise_sd=-0.5", "noise_sd"),
-    ("--config.batch_size=0", "batch_size"),
-    ("--config.mode=magic", "unknown training mode"),
-  ],
-)
-def test_train_bad_input_is_one_line_and_writes_nothing(tmp_path, override, pattern):
-  workdir = tmp_path / "w"
-  proc = run(
-    "train.py", "--config=default", f"--workdir={workdir}", override, check=False
-  )
-  assert_one_line_error(proc, pattern)
-  assert not workdir.exists()
-
-
 def test_certify_missing_workdir(tmp_path):
   out = tmp_path / "x.tsv"
   proc = run("certify.py", f"--workdir={tmp_path / 'none'}", f"--outfile={out}", check=False)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from conftest import assert_one_line_error, run
+from conftest import IN_PROCESS_CASES, assert_one_line_error, run, run_python
 
 
 @pytest.fixture(scope="module")
@@ -21,38 +23,95 @@ def config_files(tmp_path_factory):
   return root
 
 
-@pytest.mark.parametrize(
-  "args,message",
-  [
-    (("--config=default", "--config.foo=1"), "no field 'foo'"),
-    (("--config=default", "--config.attack.foo=1"), "no field"),
-    (("--config=default", "--config.num_epochs=abc"), "--config.num_epochs"),
-    (("--config=default", "--bogus=1"), "bogus"),
-    (("--config=nope",), "does not exist"),
-    (("--config={root}/no_get_config.py",), "no get_config()"),
-    (("--config={root}/broken.py",), "does not load"),
-    (("--config={root}/few_fields.py",), "the config lacks"),
-    (("--config=default", "--config.learning_rate=inf"), "learning_rate"),
-    (("--config=default", "--config.noise_sd=1e39"), "sigma"),
-    (("--config=default", "--config.batch_size=5000"), "larger than the 4000"),
-    (("--config=default", "--config.attack.eps=-1", "--config.mode=pgd"), "attack.eps"),
-    (("--config=default", "--config.mode=macer", "--config.macer.m=0"), "macer.m"),
-    (("--config=default", "--config.schedule=multistep"), "lr_milestones"),
-  ],
+BAD_INPUTS = [
+  (("--config=default", "--config.foo=1"), "no field 'foo'"),
+  (("--config=default", "--config.attack.foo=1"), "no field"),
+  (("--config=default", "--config.num_epochs=abc"), "--config.num_epochs"),
+  (("--config=default", "--bogus=1"), "bogus"),
+  (("--config=nope",), "no shipped config has that name"),
+  (("--config={root}/nope.py",), "does not exist"),
+  (("--config={root}/no_get_config.py",), "no get_config()"),
+  (("--config={root}/broken.py",), "does not load"),
+  (("--config={root}/few_fields.py",), "the config lacks"),
+  (("--config=default", "--config.learning_rate=inf"), "learning_rate"),
+  (("--config=default", "--config.noise_sd=1e39"), "sigma"),
+  (("--config=default", "--config.batch_size=5000"), "larger than the 4000"),
+  (("--config=default", "--config.attack.eps=-1", "--config.mode=pgd"), "attack.eps"),
+  (("--config=default", "--config.mode=macer", "--config.macer.m=0"), "macer.m"),
+  (("--config=default", "--config.schedule=multistep"), "lr_milestones"),
+  (("--config=default", "--config.dataset=not_a_dataset"), "not_a_dataset"),
+  (("--config=default", "--config.model=resnet9000"), "unknown model"),
+  (("--config=default", "--config.noise_sd=-0.5"), "noise_sd"),
+  (("--config=default", "--config.batch_size=0"), "batch_size"),
+  (("--config=default", "--config.mode=magic"), "unknown training mode"),
+  (("--config=default", "--workdir={root}/a_file"), "is a file"),
+]
+
+# Runs train.py's entry point (smoothjax-train's) on each case in one process, flags reset
+# between cases, recording the exit status and stderr of each.
+_DRIVER = (
+  """
+import contextlib, io, json, sys
+from absl import flags
+from smoothjax.cli import train
+
+def call(argv):
+  saved, sys.argv = sys.argv, ["train.py", *argv]
+  try:
+    flags.FLAGS.unparse_flags()
+    for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+      delattr(flags.FLAGS, name)  # each parse of --config defines its override flags anew
+    train.run()
+  finally:
+    sys.argv = saved
+"""
+  + IN_PROCESS_CASES
 )
-def test_bad_train_input_is_one_line_and_writes_nothing(tmp_path, config_files, args, message):
+
+
+@pytest.fixture(scope="module")
+def bad_input_outcomes(config_files):
+  (config_files / "a_file").write_text("x")
+  cases = []
+  for i, (args, _) in enumerate(BAD_INPUTS):
+    argv = [a.format(root=config_files) for a in args]
+    if not any(a.startswith("--workdir=") for a in argv):
+      argv.append(f"--workdir={config_files}/w{i}")
+    cases.append(argv)
+  (config_files / "cases.json").write_text(json.dumps(cases))
+  run_python(
+    ["-c", _DRIVER, config_files / "cases.json", config_files / "outcomes.json"], what="driver"
+  )
+  return json.loads((config_files / "outcomes.json").read_text())
+
+
+@pytest.mark.parametrize("index", range(len(BAD_INPUTS)), ids=[m for _, m in BAD_INPUTS])
+def test_bad_train_input_is_one_line_and_writes_nothing(config_files, bad_input_outcomes, index):
+  args, message = BAD_INPUTS[index]
+  outcome = bad_input_outcomes[index]
+  assert outcome["code"] == 2, (args, outcome)
+  assert "Traceback" not in outcome["stderr"]
+  lines = [ln for ln in outcome["stderr"].splitlines() if ln.startswith("error: ")]
+  assert len(lines) == 1 and message in lines[0], (args, outcome["stderr"])
+  assert not (config_files / f"w{index}").exists()
+
+
+def test_train_py_itself_gives_one_line_and_exit_2(tmp_path):
+  """The program, not only its main: a bad flag ends the process with one line."""
   workdir = tmp_path / "w"
-  args = [a.format(root=config_files) for a in args]
-  proc = run("train.py", *args, f"--workdir={workdir}", check=False)
-  assert_one_line_error(proc, message)
+  proc = run("train.py", "--config=default", "--config.foo=1", f"--workdir={workdir}", check=False)
+  assert_one_line_error(proc, "no field 'foo'")
   assert not workdir.exists()
 
 
-def test_workdir_that_is_a_file_is_one_line(tmp_path):
-  path = tmp_path / "file"
-  path.write_text("x")
-  proc = run("train.py", "--config=default", f"--workdir={path}", check=False)
-  assert_one_line_error(proc, "is a file")
+def test_a_shipped_config_by_name_is_its_file():
+  from smoothjax.cli import train
+
+  assert train.resolve_config("default") == str(train.SHIPPED / "default.py")
+  wide = train.resolve_config("cifar10_resnet110:wide")
+  assert wide == f"{train.SHIPPED}/cifar10_resnet110.py:wide"
+  assert train.resolve_config("configs/mine.py") == "configs/mine.py"  # a path stays a path
+  assert "default" in train.shipped_configs() and "__init__" not in train.shipped_configs()
 
 
 @pytest.mark.parametrize(

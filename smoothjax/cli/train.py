@@ -81,7 +81,10 @@ def _check_config_file(path: str) -> None:
   """
   path, *args = path.split(":", 1)  # ml_collections passes "FILE:ARG" to get_config(ARG)
   if not os.path.isfile(path):
-    _fail(f"config file {path} does not exist; pass e.g. --config=default")
+    _fail(
+      f"config file {path} does not exist and no shipped config has that name; pass a path "
+      f"or one of {', '.join(shipped_configs())} (e.g. --config=default)"
+    )
   spec = importlib.util.spec_from_file_location("_smoothjax_user_config", path)
   try:
     module = importlib.util.module_from_spec(spec)

@@ -36,7 +36,7 @@ import numpy as np
 from smoothjax import locks, stopping
 from smoothjax.devices import parallel, processes
 from smoothjax.errors import InputError
-from smoothjax.results import writer as results
+from smoothjax.results import paths, reader, writer
 
 # How long the processes wait for each other: to start (model and data loading), and
 # at the end (shares finish at different times; sequential CERTIFY's more so).
@@ -85,8 +85,8 @@ class Share:
     self.done.add(int(row["idx"]))
 
 
-def _rows(res: results.Results, mask: np.ndarray) -> results.Results:
-  return results.Results(
+def _rows(res: reader.Results, mask: np.ndarray) -> reader.Results:
+  return reader.Results(
     idx=res.idx[mask],
     label=res.label[mask],
     predict=res.predict[mask],
@@ -97,8 +97,8 @@ def _rows(res: results.Results, mask: np.ndarray) -> results.Results:
   )
 
 
-def _concat(a: results.Results, b: results.Results) -> results.Results:
-  return results.Results(
+def _concat(a: reader.Results, b: reader.Results) -> reader.Results:
+  return reader.Results(
     idx=np.concatenate([a.idx, b.idx]),
     label=np.concatenate([a.label, b.label]),
     predict=np.concatenate([a.predict, b.predict]),
@@ -111,7 +111,7 @@ def _concat(a: results.Results, b: results.Results) -> results.Results:
 
 def _read_others(outfile: str, own: str, columns, settings, hints):
   """The rows of ``outfile`` and its parts but ``own`` (None: none), checked against this run."""
-  combined = results.read_combined(outfile, exclude=[own])
+  combined = reader.read_combined(outfile, exclude=[own])
   if combined is None:
     return None
   if combined.header.split("\t") != list(columns):
@@ -126,7 +126,7 @@ def _read_others(outfile: str, own: str, columns, settings, hints):
       "settings; choose another --outfile or move it away"
     )
   if len(rows):
-    problem = results.settings_mismatch(combined.files[0], combined.settings, settings, hints)
+    problem = writer.settings_mismatch(combined.files[0], combined.settings, settings, hints)
     if problem:
       raise InputError(problem)
   return combined.parsed
@@ -156,32 +156,32 @@ def open_share(
     # Processes started with other command lines fail together, before any work.
     agree = {"outfile": os.path.abspath(outfile), "columns": list(columns), **settings}
     processes.agree(f"smoothjax {outfile} settings", agree, START_TIMEOUT_SECONDS)
-  path = outfile if count == 1 else results.part_path(outfile, index, count)
+  path = outfile if count == 1 else paths.part_path(outfile, index, count)
   parent = os.path.dirname(outfile)
   if parent:
     os.makedirs(parent, exist_ok=True)
   outfile_lock = None
   if index == 0:
-    outfile_lock = locks.acquire(results.lock_path(outfile), f"--outfile {outfile}")
+    outfile_lock = locks.acquire(paths.lock_path(outfile), f"--outfile {outfile}")
   try:
     part_lock = None
     if path != outfile:
-      part_lock = locks.acquire(results.lock_path(path), f"--outfile part {path}")
+      part_lock = locks.acquire(paths.lock_path(path), f"--outfile part {path}")
     try:
       # The other files first: one that refuses this run must leave nothing written.
       others = _read_others(outfile, path, columns, settings, hints or {})
-      with results.ResultWriter(path, columns, settings=settings, hints=hints) as writer:
+      with writer.ResultWriter(path, columns, settings=settings, hints=hints) as out:
         meet(f"smoothjax {outfile} open", START_TIMEOUT_SECONDS)
-        yield Share(outfile, writer, others, index, count)
+        yield Share(outfile, out, others, index, count)
     finally:
       if part_lock is not None:
-        locks.release(results.lock_path(path), part_lock)
+        locks.release(paths.lock_path(path), part_lock)
     meet(f"smoothjax {outfile} done", FINISH_TIMEOUT_SECONDS)
     if index == 0:
-      results.merge_parts(outfile)  # In a single process: parts of an earlier run, if any.
+      writer.merge_parts(outfile)  # In a single process: parts of an earlier run, if any.
   finally:
     if outfile_lock is not None:
-      locks.release(results.lock_path(outfile), outfile_lock)
+      locks.release(paths.lock_path(outfile), outfile_lock)
 
 
 def meet(name: str, timeout_seconds: float) -> None:
