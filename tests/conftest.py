@@ -21,8 +21,27 @@ import textwrap
 # deterministic=True, which smoothjax.devices.numerics can no longer apply once JAX started).
 # On CPUs the flag changes nothing.
 _DETERMINISTIC = "--xla_gpu_deterministic_ops=true"
-if _DETERMINISTIC not in os.environ.get("XLA_FLAGS", "").split():
-  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DETERMINISTIC}".strip()
+# Most of the suite's time is XLA compiling tiny models' programs, and its CPU backend
+# compiles about twice as fast without LLVM's optimisations (the HLO passes, fusion
+# included, still run; the results are the same programs' results, computed more slowly).
+# The session and every program it starts use the same flags, so files written by a
+# program and values computed here are compared under one setting.
+# SMOOTHJAX_TEST_OPTIMIZED=1 runs the suite with XLA's default optimisation instead.
+_OPTIMIZED = os.environ.get("SMOOTHJAX_TEST_OPTIMIZED") == "1"
+_FAST_COMPILE = () if _OPTIMIZED else ("--xla_backend_optimization_level=0",)
+TEST_XLA_FLAGS = (_DETERMINISTIC, *_FAST_COMPILE)
+
+
+def xla_flags(devices: int = 1) -> str:
+  """XLA_FLAGS for a process the tests start: the session's flags, on ``devices`` CPU devices."""
+  count = (f"--xla_force_host_platform_device_count={devices}",) if devices > 1 else ()
+  return " ".join((*TEST_XLA_FLAGS, *count))
+
+
+_present = os.environ.get("XLA_FLAGS", "").split()
+os.environ["XLA_FLAGS"] = " ".join(
+  [*_present, *(flag for flag in TEST_XLA_FLAGS if flag not in _present)]
+)
 
 import jax  # noqa: E402 -- after XLA_FLAGS
 import numpy as np  # noqa: E402
@@ -128,7 +147,7 @@ def run_with_devices(code: str, num_devices: int = 8, timeout: float = 600) -> s
   exits non-zero.
   """
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+  env["XLA_FLAGS"] = xla_flags(num_devices)
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
   proc = subprocess.run(
@@ -150,10 +169,7 @@ def run_python(args, *, what: str, check: bool = True, devices: int = 1):
   Returns the completed process; fails the calling test with its output if it exits
   non-zero and ``check`` is set.
   """
-  env = _child_env()
-  env.pop("XLA_FLAGS", None)
-  if devices > 1:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env = _child_env(XLA_FLAGS=xla_flags(devices))
   proc = subprocess.run(
     [sys.executable, *map(str, args)],
     capture_output=True,
@@ -188,10 +204,7 @@ def start_processes(
   port = free_port() if port is None else port
   procs = []
   for index in range(num_processes):
-    env = _child_env()
-    env.pop("XLA_FLAGS", None)
-    if devices > 1:
-      env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env = _child_env(XLA_FLAGS=xla_flags(devices))
     env.update(
       SMOOTHJAX_DISTRIBUTED="1",
       JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",

@@ -11,7 +11,15 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import IN_PROCESS_CASES, REPO_ROOT, assert_one_line_error, run, run_python, tiny_run
+from conftest import (
+  IN_PROCESS_CASES,
+  REPO_ROOT,
+  assert_one_line_error,
+  run,
+  run_python,
+  tiny_run,
+  xla_flags,
+)
 
 from smoothjax import hashing, jobs, results, smoothing
 
@@ -246,8 +254,7 @@ def test_max_is_cohens_index_bound_and_rows_match_the_library(workdir, tmp_path)
 def test_two_processes_on_one_outfile(workdir, tmp_path):
   out = tmp_path / "shared.tsv"
   args = ("--n0=20", "--n=2000", "--alpha=0.01", "--batch=500", "--skip=50", "--count=12")
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags())
   cmd = [sys.executable, "certify.py", f"--workdir={workdir}", f"--outfile={out}", *args]
   procs = [
     subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -526,8 +533,7 @@ def bad_input_outcomes(workdir, tmp_path_factory):
       argv = [f"--outdir={case}/d", *argv]
     cases.append((prog, argv))
   (root / "cases.json").write_text(json.dumps(cases))
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT)
-  env.pop("XLA_FLAGS", None)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT, XLA_FLAGS=xla_flags())
   proc = subprocess.run(
     [sys.executable, "-c", _DRIVER, root / "cases.json", root / "outcomes.json", REPO_ROOT],
     capture_output=True,

@@ -16,7 +16,7 @@ import socket
 
 import jax
 import numpy as np
-from conftest import REPO_ROOT, popen_python, start_processes, wait_processes
+from conftest import REPO_ROOT, popen_python, start_processes, wait_processes, xla_flags
 from flax import nnx
 
 from smoothjax import data
@@ -28,9 +28,6 @@ DRIVER = r'''
 import json
 import os
 import sys
-
-# Most of a tiny run's time is compiling: XLA's CPU backend compiles twice as fast unoptimised.
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
 
 from smoothjax.devices import parallel
 
@@ -140,7 +137,7 @@ def start_one_process(args, devices):
   env.update(
     JAX_PLATFORMS="cpu",
     PYTHONPATH=REPO_ROOT,
-    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    XLA_FLAGS=xla_flags(devices),
   )
   return [popen_python(args, env)]
 
