@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -16,12 +15,12 @@ from conftest import (
   REPO_ROOT,
   assert_one_line_error,
   run,
-  run_python,
   tiny_run,
   xla_flags,
 )
 
 from smoothjax import hashing, jobs, results, smoothing
+from smoothjax.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +39,20 @@ def certify_rows(path):
   return [[c for i, c in enumerate(ln) if i != drop] for ln in lines]
 
 
+def certify_job(workdir, outfile, **options):
+  """The certify job in this process (what certify.py runs) with CERTIFY_ARGS' settings."""
+  settings = dict(n0=20, n=300, alpha=0.01, batch=128, skip=97) | options
+  options = jobs.certify.Options(workdir=str(workdir), outfile=str(outfile), **settings)
+  return jobs.certify.run(options)
+
+
 def test_train_writes_a_restorable_workdir(workdir):
   assert (workdir / "config.json").exists() and (workdir / "dataset_info.json").exists()
   assert os.listdir(workdir / "checkpoints") == [str(4000 // 64)]  # one epoch of steps
   assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 1
 
 
-def test_certify_resume_gives_the_same_file(workdir, tmp_path):
+def test_certify_resume_gives_the_same_file(workdir, tmp_path, capsys):
   full, part = tmp_path / "full.tsv", tmp_path / "part.tsv"
   out = run("certify.py", f"--workdir={workdir}", f"--outfile={full}", *CERTIFY_ARGS, "--count=6")
   assert "| run | r = 0.00" in out.stdout and "ACR" in out.stdout
@@ -60,8 +66,8 @@ def test_certify_resume_gives_the_same_file(workdir, tmp_path):
   # A run killed while writing a row leaves a partial last line.
   with open(part, "a") as f:
     f.write("291\t3\t")
-  out = run("certify.py", f"--workdir={workdir}", f"--outfile={part}", *CERTIFY_ARGS, "--count=6")
-  assert "resuming: 3 of 6" in out.stdout
+  certify_job(workdir, part, count=6)
+  assert "resuming: 3 of 6" in capsys.readouterr().out
   assert certify_rows(part) == certify_rows(full)
   res = results.read_results(full)
   np.testing.assert_array_equal(res.idx, [0, 97, 194, 291, 388, 485])
@@ -76,15 +82,7 @@ def test_certify_resume_gives_the_same_file(workdir, tmp_path):
   assert (settings["compute_dtype"], settings["fold_batchnorm"]) == ("float32", True)
   # bfloat16 certifies the bfloat16 model: its own settings, nearly the same predictions.
   half = tmp_path / "half.tsv"
-  run(
-    "certify.py",
-    f"--workdir={workdir}",
-    f"--outfile={half}",
-    *CERTIFY_ARGS,
-    "--count=6",
-    "--dtype=bfloat16",
-    "--precision=highest",
-  )
+  certify_job(workdir, half, count=6, dtype="bfloat16", precision="highest")
   assert results.read_settings(half) == dict(
     settings, compute_dtype="bfloat16", precision="highest"
   )
@@ -94,82 +92,66 @@ def test_certify_resume_gives_the_same_file(workdir, tmp_path):
 def test_certify_on_8_devices_writes_the_same_file(workdir, tmp_path):
   one, eight = tmp_path / "one.tsv", tmp_path / "eight.tsv"
   args = (f"--workdir={workdir}", *CERTIFY_ARGS, "--count=4", "--inputs_per_step=3")
-  run("certify.py", f"--outfile={one}", *args)
+  certify_job(workdir, one, count=4, inputs_per_step=3)
   run("certify.py", f"--outfile={eight}", *args, devices=8)
   assert certify_rows(one) == certify_rows(eight)
   assert len(certify_rows(one)) == 5
 
 
-def test_certify_adaptive_resumes_matches_on_8_devices_and_reports_savings(workdir, tmp_path):
+def test_certify_adaptive_resumes_matches_on_8_devices_and_reports_savings(
+  workdir, tmp_path, capsys
+):
   full, part = tmp_path / "full.tsv", tmp_path / "part.tsv"
-  args = (
-    f"--workdir={workdir}",
-    "--n0=20",
-    "--n_max=3000",
-    "--alpha=0.01",
-    "--batch=128",
-    "--skip=97",
-    "--adaptive",
-    "--radii=0,0.25,0.5",
-    "--first_look=50",
+  adaptive = dict(
+    n0=20, n_max=3000, alpha=0.01, batch=128, skip=97, adaptive=True, radii=(0, 0.25, 0.5),
+    first_look=50,
   )
-  out = run("certify.py", f"--outfile={full}", *args, "--count=6", "--inputs_per_step=4")
-  assert "fixed-n CERTIFY with n = n_max = 3,000" in out.stdout, out.stdout
-  assert "x fewer" in out.stdout and "stopped: " in out.stdout
-  assert "n_max=3000)" in out.stdout  # the table names the budget
-  assert "estimation samples per input: mean" in out.stdout
+  certify_job(workdir, full, **adaptive, count=6, inputs_per_step=4)
+  out = capsys.readouterr().out
+  assert "fixed-n CERTIFY with n = n_max = 3,000" in out, out
+  assert "x fewer" in out and "stopped: " in out
+  assert "n_max=3000)" in out  # the table names the budget
+  assert "estimation samples per input: mean" in out
   res = results.read_results(full)
   samples, count = res.extra["samples"], res.extra["count"]
   assert np.all((samples >= 50) & (samples <= 3000)) and np.all(count <= samples)
   np.testing.assert_array_equal(res.extra["n"], 3000)
   assert set(res.extra["stop"]) <= set(smoothing.STOP_REASONS)
   spent = int(samples.sum()) + 20 * 6
-  assert f"forward passes: {spent:,} on 6 inputs" in out.stdout
+  assert f"forward passes: {spent:,} on 6 inputs" in out
   settings = results.read_settings(full)
   assert settings["mode"] == "certify_adaptive" and settings["radii"] == [0.0, 0.25, 0.5]
-  # Half on 8 devices, resumed on one: the same rows.
+  # Half by certify.py on 8 devices, resumed on one: the same rows.
+  args = (
+    f"--workdir={workdir}", "--n0=20", "--n_max=3000", "--alpha=0.01", "--batch=128",
+    "--skip=97", "--adaptive", "--radii=0,0.25,0.5", "--first_look=50",
+  )
   run("certify.py", f"--outfile={part}", *args, "--count=3", "--inputs_per_step=3", devices=8)
-  out = run("certify.py", f"--outfile={part}", *args, "--count=6", "--inputs_per_step=2")
-  assert "resuming: 3 of 6" in out.stdout
+  certify_job(workdir, part, **adaptive, count=6, inputs_per_step=2)
+  assert "resuming: 3 of 6" in capsys.readouterr().out
   assert certify_rows(part) == certify_rows(full)
   # Other goals, or fixed-n CERTIFY, never append to the file.
-  other = [a if a != "--radii=0,0.25,0.5" else "--radii=0,0.5" for a in args]
   before = full.read_bytes()
-  assert_one_line_error(run("certify.py", f"--outfile={full}", *other, check=False), "radii")
-  fixed = [a for a in args if not a.startswith(("--adaptive", "--radii", "--first", "--n_max"))]
-  proc = run("certify.py", f"--outfile={full}", *fixed, "--n=3000", check=False)
-  assert_one_line_error(proc, "has columns")
+  with pytest.raises(InputError, match="radii"):
+    certify_job(workdir, full, **adaptive | {"radii": (0, 0.5)})
+  sequential_only = ("adaptive", "radii", "first_look", "n_max")
+  fixed = {k: v for k, v in adaptive.items() if k not in sequential_only}
+  with pytest.raises(InputError, match="has columns"):
+    certify_job(workdir, full, **fixed, n=3000)
   assert full.read_bytes() == before
 
 
 def test_certify_refuses_to_mix_settings(workdir, tmp_path):
   out = tmp_path / "mix.tsv"
-  run("certify.py", f"--workdir={workdir}", f"--outfile={out}", *CERTIFY_ARGS, "--count=1")
-  proc = run(
-    "certify.py",
-    f"--workdir={workdir}",
-    f"--outfile={out}",
-    *CERTIFY_ARGS,
-    "--count=2",
-    "--sigma=0.5",
-    check=False,
-  )
-  assert_one_line_error(proc, "sigma")
+  certify_job(workdir, out, count=1)
+  with pytest.raises(InputError, match="sigma"):
+    certify_job(workdir, out, count=2, sigma=0.5)
   assert len(out.read_text().splitlines()) == 2  # header + the one row, untouched
 
 
 def test_predict_mode_and_analyze(workdir, tmp_path):
   pred = tmp_path / "pred.tsv"
-  run(
-    "certify.py",
-    f"--workdir={workdir}",
-    f"--outfile={pred}",
-    "--predict",
-    "--n=200",
-    "--alpha=0.01",
-    "--skip=199",
-    "--batch=100",
-  )
+  certify_job(workdir, pred, predict=True, n=200, skip=199, batch=100)
   lines = pred.read_text().splitlines()
   # Cohen et al.'s predict.py columns, then the hash of each input.
   assert lines[0].split("\t") == [*results.PREDICT_COLUMNS, "input_hash"]
@@ -187,7 +169,7 @@ def test_predict_mode_and_analyze(workdir, tmp_path):
     "60\t5\t2\t0.9\t0\t0:00:01.000000\n"
   )
   ours = tmp_path / "ours.tsv"
-  run("certify.py", f"--workdir={workdir}", f"--outfile={ours}", *CERTIFY_ARGS, "--count=2")
+  certify_job(workdir, ours, count=2)
   plot = tmp_path / "both.png"
   out = run("certify.py", "analyze", str(cohen), str(ours), f"--plot={plot}", "--format=markdown")
   cohen_row = [ln for ln in out.stdout.splitlines() if ln.startswith("| cohen_noise_0.25.tsv")][0]
@@ -207,20 +189,7 @@ def test_certify_missing_workdir(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# Issue 7: compatibility, fingerprints, locks, disk full, one-line errors.
-
-
-def run_patched(patch: str, *args, check=True):
-  """certify.py with `patch` (Python code) run first in its process, to fake a failure."""
-  code = textwrap.dedent(patch) + textwrap.dedent(
-    """
-    import sys
-    from smoothjax.cli import certify
-    sys.argv = ["certify.py", *sys.argv[1:]]
-    certify.run()
-    """
-  )
-  return run_python(["-c", code, *args], what=f"patched certify.py {args}", check=check)
+# Compatibility, fingerprints, locks, disk full, one-line errors.
 
 
 def test_max_is_cohens_index_bound_and_rows_match_the_library(workdir, tmp_path):
@@ -232,8 +201,7 @@ def test_max_is_cohens_index_bound_and_rows_match_the_library(workdir, tmp_path)
 
   out = tmp_path / "cohen.tsv"
   # As Cohen et al.'s `if i == args.max: break`: indices 0, 97, 194, 291 (not 300 inputs).
-  args = ("--n0=20", "--n=300", "--alpha=0.01", "--batch=128", "--skip=97", "--max=300")
-  run("certify.py", f"--workdir={workdir}", f"--outfile={out}", *args, "--sigma=1.0")
+  certify_job(workdir, out, max=300, sigma=1.0)
   res = results.read_results(out)
   assert res.idx.tolist() == [0, 97, 194, 291]
   model = checkpointing.restore_model(str(workdir))[0]
@@ -275,83 +243,74 @@ def test_two_processes_on_one_outfile(workdir, tmp_path):
   assert not os.path.exists(f"{out}.lock")
 
 
-def test_resume_refuses_another_model_or_changed_data(workdir, tmp_path):
+def test_resume_refuses_another_model_or_changed_data(workdir, tmp_path, monkeypatch):
+  import jax
+  from flax import nnx
+
+  from smoothjax.data import sources
+  from smoothjax.workdir import checkpoints
+
   out = tmp_path / "fp.tsv"
-  run("certify.py", f"--workdir={workdir}", f"--outfile={out}", *CERTIFY_ARGS, "--count=2")
+  certify_job(workdir, out, count=2)
   before = out.read_bytes()
   # The workdir retrained in place: same epoch and step, other parameters.
-  retrained = """
-    import jax
-    from flax import nnx
-    from smoothjax.workdir import checkpoints as checkpointing
-    _restore = checkpointing.restore_model
-    def restore_model(*a, **k):
-      model, *rest = _restore(*a, **k)
-      nnx.update(model, jax.tree.map(lambda p: p + 1e-3, nnx.state(model, nnx.Param)))
-      return (model, *rest)
-    checkpointing.restore_model = restore_model
-  """
-  proc = run_patched(
-    retrained, f"--workdir={workdir}", f"--outfile={out}", *CERTIFY_ARGS, "--count=3", check=False
-  )
-  assert_one_line_error(proc, "model_fingerprint")
-  assert "retrained or replaced" in proc.stderr
+  restore = checkpoints.restore_model
+
+  def retrained(*a, **k):
+    model, *rest = restore(*a, **k)
+    nnx.update(model, jax.tree.map(lambda p: p + 1e-3, nnx.state(model, nnx.Param)))
+    return (model, *rest)
+
+  with monkeypatch.context() as m:
+    m.setattr(checkpoints, "restore_model", retrained)
+    with pytest.raises(InputError, match="model_fingerprint.*retrained or replaced"):
+      certify_job(workdir, out, count=3)
   # The dataset's files changed: one pixel of test input 97.
-  changed = """
-    import numpy as np
-    from smoothjax import data
-    _get = data.Split.get
-    def get(self, indices):
-      images, labels = _get(self, indices)
-      images[np.asarray(indices) == 97, 0, 0, 0] += 1 / 255
-      return images, labels
-    data.Split.get = get
-  """
-  proc = run_patched(
-    changed, f"--workdir={workdir}", f"--outfile={out}", *CERTIFY_ARGS, "--count=3", check=False
-  )
-  assert_one_line_error(proc, "input 97 of split 'test' is not the one its row")
+  get = sources.Split.get
+
+  def changed(self, indices):
+    images, labels = get(self, indices)
+    images[np.asarray(indices) == 97, 0, 0, 0] += 1 / 255
+    return images, labels
+
+  with monkeypatch.context() as m:
+    m.setattr(sources.Split, "get", changed)
+    with pytest.raises(InputError, match="input 97 of split 'test' is not the one its row"):
+      certify_job(workdir, out, count=3)
   assert out.read_bytes() == before
 
 
-def test_disk_full_during_certify_is_one_line_and_rerunning_resumes(workdir, tmp_path):
+def test_disk_full_during_certify_is_one_line_and_rerunning_resumes(
+  workdir, tmp_path, capsys, monkeypatch
+):
+  import errno
+
+  from smoothjax.cli import common
+
   out = tmp_path / "full.tsv"
-  full_disk = """
-    import errno
-    from smoothjax import jobs, results, smoothing
-    _append = results.ResultWriter._append
-    calls = []
-    def append(self, text):
-      calls.append(text)
-      if len(calls) == 3:
-        _append(self, text[:7])  # Part of the row reaches the disk.
-        raise OSError(errno.ENOSPC, "No space left on device")
-      _append(self, text)
-    results.ResultWriter._append = append
-  """
-  args = (f"--workdir={workdir}", f"--outfile={out}", *CERTIFY_ARGS, "--count=5")
-  proc = run_patched(full_disk, *args, check=False)
-  assert_one_line_error(proc, f"the disk is full writing {out}")
-  assert "rerun the same command" in proc.stderr
+  append = results.ResultWriter._append
+  calls = []
+
+  def full_disk(self, text):
+    calls.append(text)
+    if len(calls) == 3:
+      append(self, text[:7])  # Part of the row reaches the disk.
+      raise OSError(errno.ENOSPC, "No space left on device")
+    append(self, text)
+
+  with monkeypatch.context() as m:
+    m.setattr(results.ResultWriter, "_append", full_disk)
+    with pytest.raises(SystemExit) as e:  # the programs' main, as certify.py runs it
+      common.run_main(lambda argv: certify_job(workdir, out, count=5))(["certify.py"])
+  assert e.value.code == 2
+  errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
+  assert len(errors) == 1 and f"the disk is full writing {out}" in errors[0], errors
+  assert "rerun the same command" in errors[0]
   assert len(results.read_results(out)) == 2 and not out.read_text().endswith("\n")
   assert not os.path.exists(f"{out}.lock")
-  out2 = run("certify.py", *args)
-  assert "resuming: 2 of 5" in out2.stdout
+  certify_job(workdir, out, count=5)
+  assert "resuming: 2 of 5" in capsys.readouterr().out
   assert results.read_results(out).idx.tolist() == [0, 97, 194, 291, 388]
-
-
-def test_programs_print_one_line_for_usage_and_flag_errors(workdir, tmp_path):
-  out = tmp_path / "o.tsv"
-  for args, pattern in [
-    (("--foo=1",), "Unknown command line flag 'foo'"),
-    (("--n=abc",), "flag --n=abc"),
-    (("stray",), "unexpected arguments ['stray']"),
-  ]:
-    proc = run("certify.py", f"--workdir={workdir}", f"--outfile={out}", *args, check=False)
-    assert_one_line_error(proc, pattern)
-  proc = run("demo.py", f"--outdir={tmp_path / 'd'}", "--epochs=0", check=False)
-  assert_one_line_error(proc, "--epochs must be >= 1")
-  assert not out.exists() and not (tmp_path / "d").exists()
 
 
 def test_demo_names_certificates_by_model_and_samples():
