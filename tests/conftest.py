@@ -93,7 +93,6 @@ LONG_TESTS = (
   "test_fixedpoint.py::test_fine_tuning_end_to_end",
   "test_cli.py::test_certify_adaptive_resumes_matches_on_8_devices",
   "test_multihost_training.py::",
-  "test_training.py::test_train_step_on_8_devices_equals_single_device",
   "test_sequential.py::test_end_to_end_coverage_on_an_analytic_classifier",
 )
 

@@ -220,7 +220,10 @@ def test_every_mode_steps_the_same_on_8_devices_as_on_1():
   lines = [ln.split() for ln in out.splitlines() if ln.startswith("MODE")]
   assert [ln[1] for ln in lines] == MULTI_DEVICE_MODES
   for _, mode, worst, dloss in lines:
-    assert float(worst) < 1e-4 and float(dloss) < 1e-4, (mode, worst, dloss)
+    # The plain modes (gaussian, the default config's mode, among them) agree to float32
+    # rounding; the attack and Monte Carlo modes sum more terms in other orders.
+    tolerance = 1e-5 if mode in ("standard", "gaussian") else 1e-4
+    assert float(worst) < tolerance and float(dloss) < tolerance, (mode, worst, dloss)
 
 
 def test_macer_warmup_ramps_the_radius_term_from_zero():
