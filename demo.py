@@ -14,7 +14,6 @@ minutes on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shlex
 import stat
@@ -38,12 +37,9 @@ def _run(cmd: list[str]) -> None:
 
 
 def _default_epochs() -> int:
-  spec = importlib.util.spec_from_file_location(
-    "_demo_config", os.path.join(HERE, "configs", "default.py")
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return int(module.get_config().num_epochs)
+  from smoothjax.configs import default
+
+  return int(default.get_config().num_epochs)
 
 
 def certify_name(n: int, epochs: int) -> str:
@@ -110,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
   train = [
     sys.executable,
     os.path.join(HERE, "train.py"),
-    f"--config={os.path.join(HERE, 'configs', 'default.py')}",
+    "--config=default",
     f"--workdir={workdir}",
     f"--config.num_epochs={epochs}",
   ]

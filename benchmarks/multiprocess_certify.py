@@ -84,7 +84,7 @@ def main():
       [
         sys.executable,
         "train.py",
-        f"--config={os.path.join(ROOT, 'configs', 'default.py')}",
+        "--config=default",
         f"--workdir={args.workdir}",
       ]
     )

@@ -38,7 +38,7 @@ def _train(workdir: str) -> None:
   cmd = [
     sys.executable,
     os.path.join(ROOT, "train.py"),
-    f"--config={os.path.join(ROOT, 'configs', 'default.py')}",
+    "--config=default",
     f"--workdir={workdir}",
   ]
   print("$ " + " ".join(cmd), flush=True)

@@ -313,6 +313,15 @@ def test_disk_full_during_certify_is_one_line_and_rerunning_resumes(
   assert results.read_results(out).idx.tolist() == [0, 97, 194, 291, 388]
 
 
+def test_demo_runs_train_then_certify(tmp_path):
+  """The README's first command, small: demo.py trains, certifies, tables and plots."""
+  out = tmp_path / "demo"
+  proc = run("demo.py", f"--outdir={out}", "--epochs=1", "--n=100", "--skip=100")
+  assert "| certify_sigma0.25_n100_epochs1.tsv (gaussian:0.25, n=100) |" in proc.stdout
+  assert len(results.read_results(out / "certify_sigma0.25_n100_epochs1.tsv")) == 10
+  assert (out / "certified_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_demo_names_certificates_by_model_and_samples():
   import importlib.util
 
