@@ -276,6 +276,54 @@ json.dump(outcomes, open(sys.argv[2], "w"))
 """
 
 
+# Runs a program's entry point (``smoothjax.cli.NAME.run``, what ``NAME.py`` and the
+# ``smoothjax-NAME`` script call) on each argument list of the JSON file sys.argv[1], all in
+# one child process, flags reset between cases: a table of bad inputs costs one start-up.
+PROGRAM_CASES = (
+  """
+import contextlib, importlib, io, json, sys
+from absl import flags
+name = sys.argv[3]
+program = importlib.import_module("smoothjax.cli." + name)
+
+def call(argv):
+  saved, sys.argv = sys.argv, [name + ".py", *argv]
+  try:
+    flags.FLAGS.unparse_flags()
+    for flag in [f for f in flags.FLAGS if f.startswith("config.")]:
+      delattr(flags.FLAGS, flag)  # each parse of train.py's --config defines its overrides
+    program.run()
+  finally:
+    sys.argv = saved
+"""
+  + IN_PROCESS_CASES
+)
+
+
+def run_program_cases(name: str, cases, root) -> list[dict]:
+  """``{"code", "stderr"}`` of program ``name`` (``train``, ``attack``, ...) on each case.
+
+  ``cases`` are argument lists; they run in one child process from the repository root,
+  with the files of the run in folder ``root``.
+  """
+  import json
+
+  cases_file, outcomes_file = os.path.join(root, "cases.json"), os.path.join(root, "outcomes.json")
+  with open(cases_file, "w") as f:
+    json.dump([list(map(str, case)) for case in cases], f)
+  run_python(["-c", PROGRAM_CASES, cases_file, outcomes_file, name], what=f"{name} cases")
+  with open(outcomes_file) as f:
+    return json.load(f)
+
+
+def assert_one_line_outcome(outcome, pattern: str) -> None:
+  """A case of :func:`run_program_cases` exited 2 with one ``error:`` line naming ``pattern``."""
+  assert outcome["code"] == 2, outcome
+  assert "Traceback" not in outcome["stderr"]
+  lines = [ln for ln in outcome["stderr"].splitlines() if ln.startswith("error: ")]
+  assert len(lines) == 1 and pattern in lines[0], outcome["stderr"]
+
+
 def run(script: str, *args, check: bool = True, devices: int = 1):
   """Runs one of the programs (``train.py``, ``certify.py``, ...) as a user would."""
   return run_python(
@@ -303,6 +351,11 @@ def train_tiny(workdir, *overrides: str) -> None:
     "--config.progress=False",
     *overrides,
   )
+
+
+# A tiny CNN trained without noise (tiny_run(tmp_path_factory, *STANDARD)): the standard
+# run that compare.py compares and the independent judge of generate.py.
+STANDARD = ("--config.mode=standard", "--config.noise_sd=0.0")
 
 
 def tiny_run(tmp_path_factory, *overrides: str):

@@ -10,7 +10,13 @@ import jax
 import matplotlib.image
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, run, tiny_run
+from conftest import (
+  assert_one_line_error,
+  assert_one_line_outcome,
+  run,
+  run_program_cases,
+  tiny_run,
+)
 
 from smoothjax import analysis, results
 from smoothjax.analysis import pictures
@@ -228,19 +234,21 @@ def check_smoothed_attack_then_predict(workdir, tmp_path):
   )
 
 
-@pytest.mark.parametrize(
-  "args,pattern",
-  [
-    (("--eps=-0.5",), "--eps"),
-    (("--norm=l3",), "unknown --norm"),
-    (("--smoothed", "--m=0"), "--m"),
-  ],
-)
-def test_bad_flags_are_one_line_and_write_nothing(tmp_path, args, pattern):
-  # The workdir does not exist: every flag is checked before the model is restored.
+def test_bad_flags_and_paths_are_one_line_and_write_nothing(tmp_path, tmp_path_factory):
+  """attack.py's entry point on each case (one child process): exit 2, one line, no file."""
+  workdir = tiny_run(tmp_path_factory)
   out = tmp_path / "out" / "bad.tsv"
-  proc = run("attack.py", f"--workdir={tmp_path / 'none'}", f"--outfile={out}", *args, check=False)
-  assert_one_line_error(proc, pattern)
+  missing = [f"--workdir={tmp_path / 'none'}", f"--outfile={out}"]
+  cases = [
+    ([*missing, "--eps=-0.5"], "--eps"),  # every flag is checked before the model is restored
+    ([*missing, "--norm=l3"], "unknown --norm"),
+    ([*missing, "--smoothed", "--m=0"], "--m"),
+    (missing, "no trained run"),
+    ([f"--workdir={workdir}", f"--outfile={tmp_path}"], "is a directory"),
+  ]
+  outcomes = run_program_cases("attack", [argv for argv, _ in cases], tmp_path)
+  for (_, pattern), outcome in zip(cases, outcomes, strict=True):
+    assert_one_line_outcome(outcome, pattern)
   assert not (tmp_path / "out").exists()
 
 
@@ -300,22 +308,10 @@ def test_parse_eps(text, expected):
     assert attack_job.parse_eps(text) == expected
 
 
-def check_missing_workdir_and_directory_outfile(workdir, tmp_path):
+def check_max_is_an_index_bound(workdir, tmp_path):
   out = tmp_path / "x.tsv"
-  proc = run("attack.py", f"--workdir={tmp_path / 'none'}", f"--outfile={out}", check=False)
-  assert_one_line_error(proc, "no trained run")
-  proc = run("attack.py", f"--workdir={workdir}", f"--outfile={tmp_path}", check=False)
-  assert_one_line_error(proc, "is a directory")
-  proc = run(
-    "attack.py",
-    f"--workdir={workdir}",
-    f"--outfile={out}",
-    "--max=1",
-    "--skip=5",
-    "--attack=fgsm",
-    "--eps=1",
-  )
-  assert "| x.tsv" in proc.stdout
+  printed = attack_in_process(workdir, out, max=1, skip=5, attack="fgsm", eps=(1.0,))
+  assert "| x.tsv" in printed
   assert list(results.read_results(out).idx) == [0]  # --max is an index bound
   assert sorted(p.name for p in tmp_path.iterdir()) == ["x.tsv", "x.tsv.settings.json"]
 
@@ -361,4 +357,4 @@ def test_attack_end_to_end(tmp_path, tmp_path_factory):
   check_refuses_to_mix_settings(workdir, pgd_and_fgsm, fresh("mix"))
   check_linf_pgd_stays_below_clean(workdir, fresh("linf"))
   check_smoothed_attack_then_predict(workdir, fresh("smoothed"))
-  check_missing_workdir_and_directory_outfile(workdir, fresh("missing"))
+  check_max_is_an_index_bound(workdir, fresh("max"))

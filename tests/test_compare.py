@@ -7,7 +7,7 @@ import json
 import os
 
 import pytest
-from conftest import IN_PROCESS_CASES, run, run_python, tiny_run, train_tiny
+from conftest import IN_PROCESS_CASES, STANDARD, run, run_python, tiny_run
 
 from smoothjax import analysis, results
 
@@ -18,9 +18,10 @@ pytestmark = pytest.mark.slow
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("compare")
   workdirs = {}
+  # The session's tiny runs (read only), by name.
   workdirs["standard"] = root / "standard"
-  train_tiny(workdirs["standard"], "--config.mode=standard", "--config.noise_sd=0.0")
-  workdirs["gaussian"] = root / "gaussian"  # the session's tiny run (read only), by name
+  workdirs["standard"].symlink_to(tiny_run(tmp_path_factory, *STANDARD), target_is_directory=True)
+  workdirs["gaussian"] = root / "gaussian"
   workdirs["gaussian"].symlink_to(tiny_run(tmp_path_factory), target_is_directory=True)
   return root, workdirs
 

@@ -12,7 +12,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, run, run_processes, tiny_run, train_tiny
+from conftest import STANDARD, assert_one_line_error, run, run_processes, tiny_run
 
 from smoothjax.errors import InputError
 from smoothjax.jobs import generate
@@ -26,7 +26,7 @@ def make_workdirs(root, tmp_path_factory):
   # A copy of the session's tiny run (Gaussian noise, sigma 0.25): generate.py caches its
   # seed Gaussians in the workdir.
   shutil.copytree(tiny_run(tmp_path_factory), run_dir)
-  train_tiny(judge, "--config.seed=1", "--config.mode=standard", "--config.noise_sd=0.0")
+  shutil.copytree(tiny_run(tmp_path_factory, *STANDARD), judge)  # trained without noise
   return root, run_dir, judge
 
 

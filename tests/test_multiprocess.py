@@ -8,9 +8,9 @@ import shutil
 import signal
 import time
 
-from conftest import run, run_processes, start_processes, tiny_run, wait_processes
+from conftest import run_processes, start_processes, tiny_run, wait_processes
 
-from smoothjax import results
+from smoothjax import jobs, results
 
 KEY_COLUMNS = ("idx", "label", "predict", "radius", "correct")
 
@@ -38,7 +38,13 @@ def test_certify_and_attack_on_several_processes_match_one_and_survive_a_kill(
   certify = ("certify.py", f"--workdir={workdir}", "--n0=20", "--n=1000", "--batch=500")
   select = ("--alpha=0.01", "--skip=25", "--max=1000")  # 40 inputs
   ref = tmp_path / "ref.tsv"
-  run(*certify, *select, f"--outfile={ref}")
+  # The one-process reference from the job in this process (what certify.py runs).
+  jobs.certify.run(
+    jobs.certify.Options(
+      workdir=str(workdir), outfile=str(ref), n0=20, n=1000, batch=500, alpha=0.01, skip=25,
+      max=1000,
+    )
+  )
   reference = rows(ref)
   assert [int(r[0]) for r in reference] == list(range(0, 1000, 25))
 
@@ -92,7 +98,11 @@ def test_certify_and_attack_on_several_processes_match_one_and_survive_a_kill(
   # attack.py: the same file on 2 processes as on 1 (rows keyed by dataset index).
   attack = ("attack.py", f"--workdir={workdir}", "--skip=100", "--eps=0.5,1", "--steps=3")
   one, two = tmp_path / "attack1.tsv", tmp_path / "attack2.tsv"
-  run(*attack, f"--outfile={one}")
+  jobs.attack.run(
+    jobs.attack.Options(
+      workdir=str(workdir), outfile=str(one), skip=100, eps=(0.5, 1.0), steps=3
+    )
+  )
   run_processes([*attack, f"--outfile={two}"], 2, what="2-process attack")
   columns = ("idx", "label", "predict", "predict_eps0.5", "predict_eps1")
   assert rows(two, columns) == rows(one, columns) and len(rows(one, columns)) == 10

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from conftest import IN_PROCESS_CASES, assert_one_line_error, run, run_python
+from conftest import assert_one_line_error, assert_one_line_outcome, run, run_program_cases
 
 
 @pytest.fixture(scope="module")
@@ -47,28 +45,6 @@ BAD_INPUTS = [
   (("--config=default", "--workdir={root}/a_file"), "is a file"),
 ]
 
-# Runs train.py's entry point (smoothjax-train's) on each case in one process, flags reset
-# between cases, recording the exit status and stderr of each.
-_DRIVER = (
-  """
-import contextlib, io, json, sys
-from absl import flags
-from smoothjax.cli import train
-
-def call(argv):
-  saved, sys.argv = sys.argv, ["train.py", *argv]
-  try:
-    flags.FLAGS.unparse_flags()
-    for name in [n for n in flags.FLAGS if n.startswith("config.")]:
-      delattr(flags.FLAGS, name)  # each parse of --config defines its override flags anew
-    train.run()
-  finally:
-    sys.argv = saved
-"""
-  + IN_PROCESS_CASES
-)
-
-
 @pytest.fixture(scope="module")
 def bad_input_outcomes(config_files):
   (config_files / "a_file").write_text("x")
@@ -78,21 +54,12 @@ def bad_input_outcomes(config_files):
     if not any(a.startswith("--workdir=") for a in argv):
       argv.append(f"--workdir={config_files}/w{i}")
     cases.append(argv)
-  (config_files / "cases.json").write_text(json.dumps(cases))
-  run_python(
-    ["-c", _DRIVER, config_files / "cases.json", config_files / "outcomes.json"], what="driver"
-  )
-  return json.loads((config_files / "outcomes.json").read_text())
+  return run_program_cases("train", cases, config_files)
 
 
 @pytest.mark.parametrize("index", range(len(BAD_INPUTS)), ids=[m for _, m in BAD_INPUTS])
 def test_bad_train_input_is_one_line_and_writes_nothing(config_files, bad_input_outcomes, index):
-  args, message = BAD_INPUTS[index]
-  outcome = bad_input_outcomes[index]
-  assert outcome["code"] == 2, (args, outcome)
-  assert "Traceback" not in outcome["stderr"]
-  lines = [ln for ln in outcome["stderr"].splitlines() if ln.startswith("error: ")]
-  assert len(lines) == 1 and message in lines[0], (args, outcome["stderr"])
+  assert_one_line_outcome(bad_input_outcomes[index], BAD_INPUTS[index][1])
   assert not (config_files / f"w{index}").exists()
 
 
