@@ -161,32 +161,13 @@ def check_analyze_in_a_chosen_norm_mixes_families(certified, tmp_path):
   assert "r = 0.000" in header or "r = 0.0000" in header
 
 
-def test_analyze_in_a_norm_a_file_lacks_says_so(tmp_path):
+def test_analyze_in_a_norm_a_file_lacks_says_so(tmp_path, capsys):
   cohen = tmp_path / "cohen.tsv"
   cohen.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t3\t3\t0.52\t1\t0:00:01\n")
-  out = run("certify.py", "analyze", str(cohen), "--norm=l2", "--plot=")
-  assert "against radius in l2" in out.stdout
-  proc = run("certify.py", "analyze", str(cohen), "--norm=l1", "--plot=", check=False)
-  assert_one_line_error(proc, "has no radius_l1 column and its radius column is in l2")
-
-
-def test_train_refuses_a_bad_noise_before_writing(tmp_path):
-  # (Every bad noise setting is refused by modes.noise_from_config: see test_modes.)
-  for extra, message in (
-    (["--config.noise=cauchy"], "config.noise: unknown noise 'cauchy'"),
-    (["--config.mode=macer", "--config.noise=uniform"], "for Gaussian noise, not uniform"),
-  ):
-    workdir = tmp_path / "w"
-    proc = run(
-      "train.py",
-      "--config=default",
-      f"--workdir={workdir}",
-      "--config.model=cnn_tiny",
-      *extra,
-      check=False,
-    )
-    assert_one_line_error(proc, message)
-    assert not workdir.exists()
+  jobs.certify.report([str(cohen)], None, norm="l2")  # what certify.py analyze runs
+  assert "against radius in l2" in capsys.readouterr().out
+  with pytest.raises(InputError, match="has no radius_l1 column and its radius column is in l2"):
+    jobs.certify.report([str(cohen)], None, norm="l1")
 
 
 def check_smoothed_attack_uses_the_runs_noise_in_l1(laplace_workdir, tmp_path):

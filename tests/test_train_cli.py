@@ -43,6 +43,9 @@ BAD_INPUTS = [
   (("--config=default", "--config.batch_size=0"), "batch_size"),
   (("--config=default", "--config.mode=magic"), "unknown training mode"),
   (("--config=default", "--workdir={root}/a_file"), "is a file"),
+  # (Every bad noise setting is refused by modes.noise_from_config: see test_modes.)
+  (("--config=default", "--config.noise=cauchy"), "config.noise: unknown noise 'cauchy'"),
+  (("--config=default", "--config.mode=macer", "--config.noise=uniform"), "not uniform"),
 ]
 
 @pytest.fixture(scope="module")
