@@ -7,6 +7,7 @@ Multi-device tests run in a child process with 8 fake CPU devices
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -306,8 +307,6 @@ def run_program_cases(name: str, cases, root) -> list[dict]:
   ``cases`` are argument lists; they run in one child process from the repository root,
   with the files of the run in folder ``root``.
   """
-  import json
-
   cases_file, outcomes_file = os.path.join(root, "cases.json"), os.path.join(root, "outcomes.json")
   with open(cases_file, "w") as f:
     json.dump([list(map(str, case)) for case in cases], f)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 
 import pytest
-from conftest import IN_PROCESS_CASES, STANDARD, run, run_python, tiny_run
+from conftest import STANDARD, assert_one_line_outcome, run, run_program_cases, tiny_run
 
 from smoothjax import analysis, results
 
@@ -107,33 +106,12 @@ BAD_INPUTS = [
   (("--workdirs={standard}", "--same_sigma"), "--same_sigma needs --sigma"),
 ]
 
-# Runs compare.py's main on each argument list in one process, as the program does
-# (one-line errors, exit status), recording the status and stderr of each.
-_DRIVER = (
-  """
-import contextlib, io, json, sys
-from absl import flags
-from smoothjax.cli import common, compare
-
-def call(argv):
-  flags.FLAGS.unparse_flags()
-  common.run_main(compare.main)(common.parse_flags(["compare.py", *argv]))
-"""
-  + IN_PROCESS_CASES
-)
-
-
 def check_bad_input_is_one_line_and_writes_nothing(runs):
   root, workdirs = runs
   out = root / "bad"
   names = {"missing": root / "nope", **workdirs}
   cases = [[*(a.format(**names) for a in args), f"--outdir={out}"] for args, _ in BAD_INPUTS]
-  (root / "cases.json").write_text(json.dumps(cases))
-  run_python(["-c", _DRIVER, root / "cases.json", root / "outcomes.json"], what="driver")
-  outcomes = json.loads((root / "outcomes.json").read_text())
-  for (args, message), outcome in zip(BAD_INPUTS, outcomes, strict=True):
-    assert outcome["code"] == 2, (args, outcome)
-    assert "Traceback" not in outcome["stderr"]
-    lines = [ln for ln in outcome["stderr"].splitlines() if ln.startswith("error: ")]
-    assert len(lines) == 1 and message in lines[0], (args, outcome["stderr"])
+  outcomes = run_program_cases("compare", cases, root)
+  for (_, message), outcome in zip(BAD_INPUTS, outcomes, strict=True):
+    assert_one_line_outcome(outcome, message)
     assert not out.exists()

@@ -153,11 +153,12 @@ def _beat() -> None:
 def _lost_message() -> str:
   index, count = _job["index"], _job["count"]
   now = time.monotonic()
-  silent = sorted(p for p, t in _beats.items() if p != index and now - t > 3 * _BEAT_SECONDS)
   if count == 2:
     # The runtime stops a process for the loss of another, and of two there is one other
     # (its beats may look fresh: a closed connection is noticed before a missed beat).
     silent = [1 - index]
+  else:
+    silent = sorted(p for p, t in _beats.items() if p != index and now - t > 3 * _BEAT_SECONDS)
   if silent and silent != [0]:
     who = ", ".join(str(p) for p in silent)
     what = f"process {who} of {count} stopped (killed, or its host was lost)"

@@ -132,7 +132,3 @@ def resolve_noise(
     flag = f"--noise {given}" if given else f"the training noise (config.noise) of {workdir}"
     raise InputError(f"{flag}: {e}") from None
 
-
-def image_dim(run: Run) -> int:
-  """The number of pixels times channels of the run's images (ExpInf's dimension)."""
-  return math.prod(run.info.image_shape)
