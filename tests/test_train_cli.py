@@ -27,6 +27,7 @@ BAD_INPUTS = [
   (("--config=default", "--config.num_epochs=abc"), "--config.num_epochs"),
   (("--config=default", "--bogus=1"), "bogus"),
   (("--config=nope",), "no shipped config has that name"),
+  (("--config=",), "--config is empty"),
   (("--config={root}/nope.py",), "does not exist"),
   (("--config={root}/no_get_config.py",), "no get_config()"),
   (("--config={root}/broken.py",), "does not load"),

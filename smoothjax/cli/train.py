@@ -80,6 +80,8 @@ def _check_config_file(path: str) -> None:
   parses the flag next), so that one raising is one line too, not a traceback.
   """
   path, *args = path.split(":", 1)  # ml_collections passes "FILE:ARG" to get_config(ARG)
+  if not path:
+    _fail("--config is empty; pass a config file's path or a shipped config's name")
   if not os.path.isfile(path):
     _fail(
       f"config file {path} does not exist and no shipped config has that name; pass a path "
@@ -103,7 +105,7 @@ def _check_config_file(path: str) -> None:
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with one-line errors for config files and overrides."""
   path = _config_path(argv)
-  if path:
+  if path is not None:
     _check_config_file(path)
   try:
     return common.parse_flags(argv)  # one line for unknown flags and bad values
