@@ -34,9 +34,11 @@ RANKS = {
   "devices": 2,
   "models": 2,
   "data": 2,
-  # smoothing proper (CERTIFY, PREDICT); a workdir's run files and checkpoints
+  # smoothing proper (CERTIFY, PREDICT); a workdir's run files and checkpoints; the field's
+  # published PyTorch checkpoints read without torch and mapped onto the models
   "smoothing": 3,
   "workdir": 3,
+  "published": 3,
   # result files (their ABSTAIN is smoothing's); differentiable objectives of a logits_fn
   "results": 4,
   "objectives": 4,

@@ -23,6 +23,9 @@ SMALL = [
   ("lenet", MNIST, (28, 28, 1)),
   ("resnet_tiny", CIFAR, (32, 32, 3)),
   ("resnet18_tiny", IMAGENET, (64, 64, 3)),
+  ("resnet50_tiny", IMAGENET, (64, 64, 3)),
+  ("resnet50_cifar", CIFAR, (32, 32, 3)),
+  ("resnet50_cifar_tiny", CIFAR, (32, 32, 3)),
 ]
 WITH_BATCH_NORM = [m for m in SMALL if m[0] != "lenet"]
 ONE_PER_CLASS = SMALL[:3]  # CNN, LeNet, ResNet
@@ -59,6 +62,9 @@ def test_models_lists_every_name():
     "resnet18",
     "resnet50",
     "resnet18_tiny",
+    "resnet50_tiny",
+    "resnet50_cifar",
+    "resnet50_cifar_tiny",
   }
 
 
@@ -78,6 +84,9 @@ SHAPES = [
   ("resnet18", IMAGENET, (224, 224, 3)),
   ("resnet50", IMAGENET, (224, 224, 3)),
   ("resnet18_tiny", IMAGENET, (64, 64, 3)),
+  ("resnet50_tiny", IMAGENET, (64, 64, 3)),
+  ("resnet50_cifar", CIFAR, (32, 32, 3)),
+  ("resnet50_cifar_tiny", CIFAR, (32, 32, 3)),
 ]
 
 
@@ -327,3 +336,19 @@ def test_wrong_input_shapes_raise():
     cnn(jnp.zeros((BATCH, 32, 32, 1)))
   with pytest.raises(InputError, match="batch axis"):
     cnn(jnp.zeros((28, 28, 1)))
+
+
+def test_madry_cifar_resnet50_has_their_parameter_count():
+  """MadryLab's CIFAR ResNet-50: torchvision's 25,557,032 less the 7x7 stem and 1000-class head."""
+  model = nnx.eval_shape(lambda: _create("resnet50_cifar", CIFAR, num_classes=10))
+  assert models.param_count(model) == 25_557_032 - (7 * 7 - 3 * 3) * 3 * 64 - 990 * 2049
+  assert model.stem_conv.kernel.shape == (3, 3, 3, 64) and not model.imagenet_stem
+
+
+def test_clip_inputs_clamps_before_the_normalisation():
+  """MadryLab's InputNormalize: clamp(x, 0, 1) first; without it, inputs pass unclamped."""
+  clipped = _create("cnn_tiny", MNIST, clip_inputs=True)
+  plain = _create("cnn_tiny", MNIST)
+  x = _images(3, (28, 28, 1)) * 3 - 1  # in [-1, 2]
+  _close(_forward(clipped, x), _forward(plain, jnp.clip(x, 0, 1)))
+  assert not np.allclose(_forward(plain, x), _forward(plain, jnp.clip(x, 0, 1)), atol=1e-3)

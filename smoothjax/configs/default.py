@@ -59,6 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Start from another run's trained parameters (a workdir of the same model and dataset);
   # a fresh optimiser. Used when this workdir has no checkpoint yet.
   config.init_from = ""
+  # Clamp the model's inputs to [0, 1] before its normalisation, as MadryLab's
+  # InputNormalize does (models converted from their checkpoints by convert.py).
+  config.clip_inputs = False
   # Optimisation.
   config.num_epochs = 6
   config.batch_size = 64

@@ -47,6 +47,9 @@ from smoothjax.models.resnet import (
   ResNet18Tiny,
   ResNet20,
   ResNet50,
+  ResNet50Cifar,
+  ResNet50CifarTiny,
+  ResNet50Tiny,
   ResNet56,
   ResNet110,
   ResNetTiny,
@@ -72,6 +75,9 @@ _CONSTRUCTORS = {
   "resnet18": ResNet18,
   "resnet50": ResNet50,
   "resnet18_tiny": ResNet18Tiny,
+  "resnet50_tiny": ResNet50Tiny,
+  "resnet50_cifar": ResNet50Cifar,
+  "resnet50_cifar_tiny": ResNet50CifarTiny,
 }
 
 MODELS: tuple[str, ...] = tuple(_CONSTRUCTORS)
@@ -86,6 +92,7 @@ def create(
   rngs: nnx.Rngs,
   dtype=jnp.float32,
   input_shape: tuple[int, int, int] | None = None,
+  clip_inputs: bool = False,
 ) -> nnx.Module:
   """Builds the model called ``name``, in eval mode.
 
@@ -100,6 +107,8 @@ def create(
     input_shape: ``(H, W, C)`` of the inputs. ``cnn``, ``cnn_tiny``, ``lenet`` and
       ``lenet5`` size their linear layers from it (default ``(28, 28, C)``); ResNets
       only check ``C``.
+    clip_inputs: clamp the inputs to [0, 1] before normalising them (MadryLab's
+      ``InputNormalize``; models converted from their checkpoints).
 
   Returns:
     An ``nnx.Module`` mapping ``(N, H, W, C)`` float images in [0, 1] to
@@ -109,16 +118,19 @@ def create(
     raise InputError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
   if int(num_classes) < 1:
     raise InputError(f"num_classes must be a positive integer, got {num_classes!r}")
-  return _CONSTRUCTORS[name](
+  model = _CONSTRUCTORS[name](
     int(num_classes), mean, std, input_shape=input_shape, rngs=rngs, dtype=dtype
   )
+  model.normalize.clip = bool(clip_inputs)
+  return model
 
 
 def from_config(config, info, *, seed: int = 0, dtype=jnp.float32) -> nnx.Module:
   """The model named by a run's ``config.model`` for a dataset, normalising inside.
 
   Args:
-    config: a training config (anything with a ``model`` field, e.g. a ConfigDict).
+    config: a training config (anything with a ``model`` field, e.g. a ConfigDict);
+      ``config.clip_inputs``, when present and true, clamps the inputs to [0, 1].
     info: the dataset's :class:`smoothjax.data.DatasetInfo` (classes, image shape,
       normalisation constants).
     seed: seed of the ``params`` stream that initialises the weights.
@@ -135,6 +147,7 @@ def from_config(config, info, *, seed: int = 0, dtype=jnp.float32) -> nnx.Module
     input_shape=tuple(info.image_shape),
     rngs=nnx.Rngs(params=seed),
     dtype=dtype,
+    clip_inputs=bool(config.get("clip_inputs", False)),
   )
 
 
@@ -159,6 +172,9 @@ __all__ = [
   "ResNet18Tiny",
   "ResNet20",
   "ResNet50",
+  "ResNet50Cifar",
+  "ResNet50CifarTiny",
+  "ResNet50Tiny",
   "ResNet56",
   "ResNet110",
   "ResNetTiny",

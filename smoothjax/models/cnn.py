@@ -38,9 +38,13 @@ def _as_channels(name: str, value) -> np.ndarray:
 
 
 class Normalize(nnx.Module):
-  """``(x - mean) / std`` per channel, for NHWC images in [0, 1]."""
+  """``(x - mean) / std`` per channel, for NHWC images in [0, 1].
 
-  def __init__(self, mean: Sequence[float], std: Sequence[float]):
+  With ``clip`` the input is clamped to [0, 1] first, as MadryLab's ``InputNormalize``
+  (``robustness/tools/helpers.py``) does: noisy inputs then reach the network clamped.
+  """
+
+  def __init__(self, mean: Sequence[float], std: Sequence[float], *, clip: bool = False):
     mean_arr, std_arr = _as_channels("mean", mean), _as_channels("std", std)
     if mean_arr.shape != std_arr.shape:
       raise InputError(
@@ -50,6 +54,7 @@ class Normalize(nnx.Module):
     if np.any(std_arr <= 0):
       raise InputError(f"std must be positive for every channel, got {list(std_arr)}")
     self.num_channels = int(mean_arr.size)
+    self.clip = bool(clip)
     self.mean = NormalizationConstant(jnp.asarray(mean_arr, jnp.float32))
     self.std = NormalizationConstant(jnp.asarray(std_arr, jnp.float32))
 
@@ -59,7 +64,10 @@ class Normalize(nnx.Module):
         f"expected NHWC images with {self.num_channels} channels, got shape {x.shape}; "
         "add a batch axis or build the model with one mean/std value per channel"
       )
-    return (x.astype(jnp.float32) - self.mean[...]) / self.std[...]
+    x = x.astype(jnp.float32)
+    if self.clip:
+      x = jnp.clip(x, 0.0, 1.0)
+    return (x - self.mean[...]) / self.std[...]
 
 
 def check_input_shape(input_shape, num_channels: int) -> tuple[int, int, int] | None:

@@ -1,11 +1,15 @@
-"""Residual networks (He et al. 2016): CIFAR ResNet-20/56/110 and ImageNet ResNet-18/50.
+"""Residual networks (He et al. 2016): CIFAR ResNet-20/56/110, ImageNet ResNet-18/50, and
+the CIFAR ResNet-50 of MadryLab's ``robustness``.
 
 The CIFAR models follow Cohen et al.'s ``cifar_resnet.py`` (3x3 stem, three stages of
 widths 16/32/64, depth 6n + 2, no stem max-pool, global average pool); the ImageNet
 models follow torchvision (7x7/2 stem with 3x3/2 max-pool, four stages of widths
 64..512, bottlenecks strided on their 3x3 convolution as in "ResNet v1.5"). Both use
 1x1 convolution + BatchNorm projections where a block changes shape ("option B"), so
-parameter counts and layouts match those implementations.
+parameter counts and layouts match those implementations. MadryLab's CIFAR ResNet-50
+(``robustness/cifar_models/resnet.py``) is the ImageNet ResNet-50's bottleneck stages on
+the CIFAR stem (3x3 convolution, no max-pool); their final ``avg_pool2d(out, 4)`` on 32x32
+inputs is the global average pool.
 """
 
 from __future__ import annotations
@@ -175,3 +179,6 @@ ResNet50 = functools.partial(
   stem="imagenet",
 )
 ResNet18Tiny = functools.partial(ResNet18, widths=tuple(w // 8 for w in _IMAGENET_WIDTHS))
+ResNet50Tiny = functools.partial(ResNet50, widths=tuple(w // 8 for w in _IMAGENET_WIDTHS))
+ResNet50Cifar = functools.partial(ResNet50, stem="cifar")
+ResNet50CifarTiny = functools.partial(ResNet50Tiny, stem="cifar")

@@ -260,6 +260,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh
   pipeline.host_transform(config, dataset.info, config.seed)
   _check_same_run(config, workdir)
   _check_init_from(config, workdir)
+  if os.path.isfile(os.path.join(workdir, workdir_lib.runs.CONVERSION_FILE)):
+    raise InputError(
+      f"{workdir} holds a model converted by convert.py, not a training run; fine-tune it "
+      f"into a new workdir with --config.init_from={workdir}"
+    )
   workdir_lib.make_workdir(workdir)
   with _workdir_lock(workdir):
     return _train(config, workdir, dataset, train_split, test_split, steps_per_epoch, mesh)
@@ -562,6 +567,12 @@ def _check_init_from(config: ml_collections.ConfigDict, workdir: str) -> None:
     raise InputError(
       f"init_from {source} holds a run with {', '.join(clash)}; start from a run of "
       f"model={config.model!r} on dataset={config.dataset!r}"
+    )
+  clip = bool(saved.get("clip_inputs", False))
+  if clip != bool(config.get("clip_inputs", False)):
+    raise InputError(
+      f"init_from {source} holds a model that {'clamps' if clip else 'does not clamp'} its "
+      f"inputs to [0, 1] (clip_inputs={clip}); pass --config.clip_inputs={clip} to fine-tune it"
     )
   ckpt = checkpointing.Checkpointer(source, create=False)
   try:

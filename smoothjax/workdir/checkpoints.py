@@ -211,15 +211,21 @@ class Checkpointer:
   def save(self, step: int, model_state, optimizer_state, meta: dict, data_iterator=None) -> None:
     """Saves a checkpoint asynchronously, with the checksums of both states in ``meta``.
 
+    ``optimizer_state`` None saves the model alone (a model converted by convert.py,
+    which evaluation and ``init_from`` restore; training does not resume from it).
+
     The checksums are computed from one host copy of the states before orbax starts.
     ``data_iterator``, a grain iterator, is saved too (item ``data``, one file per
     process: ``process_<i>-of-<n>.json``); every process must call this.
     """
     meta = dict(meta)
-    meta[CHECKSUMS] = state_checksums({"model": model_state, "optimizer": optimizer_state})
+    states = {"model": model_state}
+    if optimizer_state is not None:  # None: a model alone (a converted one, convert.py)
+      states["optimizer"] = optimizer_state
+    meta[CHECKSUMS] = state_checksums(states)
     # orbax reports a full disk from its writer threads, each printing a traceback;
     # checking first turns the common case into one clear error before any write.
-    need = sum(int(x.nbytes) for x in jax.tree.leaves((model_state, optimizer_state)))
+    need = sum(int(x.nbytes) for x in jax.tree.leaves(states))
     need += _SAVE_SLACK_BYTES
     free = shutil.disk_usage(self.directory).free
     if free < need:
@@ -228,11 +234,8 @@ class Checkpointer:
         f"{self.directory} but {free / 2**20:.1f} MiB are free; free some space and rerun the "
         "same command (training resumes from the last complete checkpoint)"
       )
-    items = dict(
-      model=ocp.args.StandardSave(model_state),
-      optimizer=ocp.args.StandardSave(optimizer_state),
-      meta=ocp.args.JsonSave(meta),
-    )
+    items = {name: ocp.args.StandardSave(state) for name, state in states.items()}
+    items["meta"] = ocp.args.JsonSave(meta)
     if data_iterator is not None:
       # grain's handler is synchronous: the state is taken now, not when the arrays land.
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)

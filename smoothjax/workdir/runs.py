@@ -7,6 +7,7 @@ command line::
   WORKDIR/dataset_info.json   classes, image shape and normalisation constants
   WORKDIR/checkpoints/        orbax checkpoints (:mod:`smoothjax.workdir.checkpoints`)
   WORKDIR/metrics.jsonl       one line of metrics per epoch (:mod:`smoothjax.training`)
+  WORKDIR/conversion.json     instead of metrics: where a converted model came from
 
 This module writes the two run files and reads them back, checking the fields
 that evaluation needs, so a missing or hand-edited file is one line of error.
@@ -29,6 +30,7 @@ from smoothjax.errors import InputError, one_line
 
 CONFIG_FILE = "config.json"
 INFO_FILE = "dataset_info.json"
+CONVERSION_FILE = "conversion.json"  # a model converted from PyTorch (convert.py)
 
 
 def check_workdir(workdir: str) -> None:
