@@ -100,7 +100,9 @@ def _peak_child(args) -> tuple[float, float, str]:
     "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
     "print(json.dumps([t, peak, p.returncode, p.stderr]))\n"
   )
-  out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+  out = subprocess.run(
+    [sys.executable, "-c", script, sys.executable, *args], capture_output=True, text=True
+  )
   t, peak, code, err = json.loads(out.stdout)
   if code:
     raise SystemExit(f"{args} failed:\n{err}")
