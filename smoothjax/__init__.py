@@ -5,10 +5,11 @@ rank table that ``tests/test_layers.py`` enforces): each imports only lower ones
 
 * leaves: ``errors``, ``hashing``, ``locks``, ``stopping``; ``configs`` (shipped configs)
 * ``noise``, ``devices``, ``models``, ``data``
-* ``smoothing`` (CERTIFY and PREDICT), ``workdir`` (run files, checkpoints)
+* ``smoothing`` (CERTIFY and PREDICT), ``workdir`` (run files, checkpoints),
+  ``published`` (PyTorch checkpoints read without torch, the authors' architectures)
 * ``results`` (result files), ``objectives`` (losses, attacks, generation)
 * ``analysis`` (tables, plots, pictures), ``training``
-* ``jobs`` (certify, attack, generate, compare: callable from Python)
+* ``jobs`` (certify, attack, generate, compare, convert: callable from Python)
 * ``cli`` (the programs: flags to a job's options)
 
 The names here are the ones a notebook starts from: Cohen et al.'s CERTIFY and PREDICT
@@ -28,6 +29,7 @@ from smoothjax import (
   models,
   noise,
   objectives,
+  published,
   results,
   smoothing,
   stopping,
@@ -71,6 +73,7 @@ __all__ = [
   "models",
   "noise",
   "objectives",
+  "published",
   "predict",
   "predict_batch",
   "results",

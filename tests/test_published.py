@@ -125,8 +125,9 @@ def _torch_layout(arch, model):
   """A random state_dict in the authors' layout for ``model``, and the arrays it becomes."""
   rng = np.random.default_rng(0)
   state, want = OrderedDict(), {}
+  shapes = {tuple(p): v.get_value().shape for p, v in nnx.to_flat_state(nnx.state(model))}
   for path, (key, convert) in architectures.torch_names(arch, model).items():
-    shape = dict(nnx.to_flat_state(nnx.state(model)))[path].get_value().shape
+    shape = shapes[path]
     ours = rng.standard_normal(shape).astype(np.float32)
     if len(shape) == 4:
       torch_array = ours.transpose(3, 2, 0, 1)

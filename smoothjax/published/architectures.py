@@ -400,19 +400,21 @@ def _build(arch, model_name, state, prefix, names, arrays, normalization) -> Con
       f"{len(left)} keys of the file are not part of {arch.label} ({', '.join(left[:3])}{more}); "
       "it holds another architecture or more than the model: check --arch"
     )
-  model = models.create(
-    model_name, num_classes=d.num_classes, mean=mean, std=std, input_shape=d.image_shape,
-    rngs=nnx.Rngs(params=0), clip_inputs=clip,
+  # Built abstractly (no initialisation computed), then filled with the file's arrays.
+  abstract = nnx.eval_shape(
+    lambda: models.create(
+      model_name, num_classes=d.num_classes, mean=mean, std=std, input_shape=d.image_shape,
+      rngs=nnx.Rngs(params=0), clip_inputs=clip,
+    )
   )
-  graphdef, current = nnx.split(model)
-  flat = nnx.to_flat_state(current)
+  graphdef, current = nnx.split(abstract)
+  constants = {("normalize", "mean"): mean, ("normalize", "std"): std}
   values = []
-  for path, variable in flat:
+  for path, variable in nnx.to_flat_state(current):
     path = tuple(path)
-    if path[0] == "normalize":
-      values.append((path, variable))
-      continue
-    values.append((path, variable.replace(jnp.asarray(arrays[path], jnp.float32))))
+    value = constants[path] if path in constants else arrays[path]
+    value = jnp.asarray(np.asarray(value, np.float32).reshape(variable.get_value().shape))
+    values.append((path, variable.replace(value)))
   model = nnx.merge(graphdef, nnx.from_flat_state(values))
   model.eval()
   jax.block_until_ready(nnx.state(model))
