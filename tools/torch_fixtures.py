@@ -28,13 +28,7 @@ weights behind SmoothAdv's mean-only ``InputCenterLayer``):
 * ``consistency_lenet.pth.tar``: the LeNet of Jeong & Shin 2020 (``code/archs/lenet.py``
   of jh-jeong/smoothing-consistency) behind ``Identity`` (their MNIST normaliser).
 
-And in ``tests/fixtures/torch/reader/`` (tests/test_pickles.py), for each format
-(``zip``, ``legacy``): ``tensors_<format>.pt``, tensors of every dtype the field uses,
-views into shared storages (a slice at an offset, a transpose, a strided view, two views
-of one storage), a 0-d tensor, a Parameter, a small model's state_dict, nested
-containers, NumPy values, an ``argparse.Namespace`` and an optimizer's state_dict; its
-expected arrays in ``tensors.npz``; and ``dill_<format>.pt``, saved with
-``pickle_module=dill`` with a function in it.
+The reader's own fixtures are made by tools/torch_reader_fixtures.py.
 """
 
 from __future__ import annotations
@@ -49,7 +43,6 @@ from torch import nn
 from torch.nn import functional as F
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "torch", "models")
-READER_OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "torch", "reader")
 
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -360,67 +353,8 @@ def main() -> None:
   torch.save(checkpoint, os.path.join(OUT, "consistency_lenet.pth.tar"))
   x = images(g, (4, 1, 28, 28))
   save_logits("consistency_lenet", x, logits=model(x))
-  reader_fixtures()
-  for folder in (OUT, READER_OUT):
-    for name in sorted(os.listdir(folder)):
-      print(f"{os.path.getsize(os.path.join(folder, name)):>10,d}  {name}")
-
-
-def reader_fixtures() -> None:
-  os.makedirs(READER_OUT, exist_ok=True)
-  g = torch.Generator().manual_seed(7)
-  base = torch.randn(6, 5, generator=g)
-  shared = torch.arange(24, dtype=torch.float32)
-  tensors = {
-    "float32": torch.randn(2, 3, generator=g),
-    "float64": torch.randn(3, generator=g, dtype=torch.float64),
-    "float16": torch.randn(4, generator=g).half(),
-    "bfloat16": torch.randn(2, 2, generator=g).bfloat16(),
-    "int64": torch.tensor([-(2**40), 3, 2**62]),
-    "int32": torch.tensor([[-7, 8]], dtype=torch.int32),
-    "int16": torch.tensor([-300, 300], dtype=torch.int16),
-    "int8": torch.tensor([-128, 127], dtype=torch.int8),
-    "uint8": torch.tensor([0, 255, 17], dtype=torch.uint8),
-    "bool": torch.tensor([True, False, True]),
-    "scalar": torch.tensor(3.5),
-    "empty": torch.zeros(0, 3),
-    "slice_offset": base[2:5, 1:4],
-    "transposed": base.t(),
-    "strided": base[::2, ::3],
-    "view_a": shared[4:10].view(2, 3),
-    "view_b": shared.view(4, 6)[1:, 2:],
-    "expanded": torch.randn(1, 3, generator=g).expand(4, 3),
-  }
-  net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 3))
-  optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-  obj = {
-    **tensors,
-    "parameter": nn.Parameter(torch.randn(2, 2, generator=g)),
-    "state_dict": net.state_dict(),
-    "nested": [1, 2.5, "text", None, (tensors["int8"], [tensors["bool"]]), {"k": b"bytes"}],
-    "numpy_scalar": np.float64(0.125),
-    "numpy_array": np.arange(6, dtype=np.int16).reshape(2, 3),
-    "namespace": argparse.Namespace(arch="cifar_resnet110", lr=0.1),
-    "optimizer": optimizer.state_dict(),
-    "size": torch.Size([3, 4]),
-  }
-  expected = {k: v.detach().float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
-              for k, v in tensors.items()}
-  expected["parameter"] = obj["parameter"].detach().numpy()
-  for k, v in net.state_dict().items():
-    expected["state_dict/" + k] = v.numpy()
-  np.savez(os.path.join(READER_OUT, "tensors.npz"), **expected)
-  torch.save(obj, os.path.join(READER_OUT, "tensors_zip.pt"))
-  torch.save(obj, os.path.join(READER_OUT, "tensors_legacy.pt"),
-             _use_new_zipfile_serialization=False)
-
-  def schedule(epoch):  # a local function: only dill pickles it
-    return 0.1 ** (epoch // 30)
-
-  dilled = {"state_dict": net.state_dict(), "schedule": schedule, "epoch": 3}
-  torch.save(dilled, os.path.join(READER_OUT, "dill_zip.pt"), pickle_module=dill)
-  torch.save(dilled, os.path.join(READER_OUT, "dill_legacy.pt"), pickle_module=dill,
-             _use_new_zipfile_serialization=False)
+  for name in sorted(os.listdir(OUT)):
+    print(f"{os.path.getsize(os.path.join(OUT, name)):>10,d}  {name}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ a checkpoint from the internet can delete files or open a shell the moment it is
 :func:`read` unpickles with an allow-list instead. Plain containers and numbers,
 ``OrderedDict``, tensors and their storages (rebuilt here, over NumPy), ``torch.Size``,
 ``torch.device`` (as a string), torch dtypes (as strings), NumPy scalars, dtypes and
-arrays (from their bytes) and a few harmless builtins are read; every other global
+arrays (from their bytes, also as dill writes them) and a few harmless builtins are
+read; every other global
 (``os.system``, ``builtins.eval``, an optimizer class, ``argparse.Namespace``, a function
 pickled by ``dill``) becomes an inert :class:`Placeholder` that records what the pickle
 gave it and never calls anything. So a checkpoint's ``state_dict`` reads even when other
@@ -53,6 +54,7 @@ from smoothjax.errors import InputError, one_line
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C  # the first pickle of a legacy torch.save file
 PROTOCOL_VERSION = 1001  # its second
+_MAGIC_PICKLE = pickle.dumps(MAGIC_NUMBER, protocol=2)  # how torch.save writes the first
 
 # torch's storage classes (GLOBAL "torch FloatStorage", ...) and the dtypes of their elements.
 _STORAGES = {
@@ -268,6 +270,8 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *rest, dtype=None):
 def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, hooks, dtype,
                        *rest):
   """torch._utils._rebuild_tensor_v3: a tensor of the given dtype over untyped bytes."""
+  if isinstance(dtype, _PlaceholderType):
+    raise _Damaged(f"a tensor of dtype {dtype.name}, which this reader does not know")
   if not isinstance(dtype, _Marker) or dtype.dtype is None or dtype.text.endswith("Storage"):
     raise _Damaged(f"a tensor of dtype {_REPR.repr(dtype)}")
   return _rebuild_tensor(storage, storage_offset, size, stride, requires_grad, hooks, *rest,
@@ -399,6 +403,19 @@ def _numpy_frombuffer(buffer, dtype, shape, order):
   return array
 
 
+def _dill_create_array(context: _Context, f, args, state, npdict=None):
+  """dill._dill._create_array(f, args, state): how ``pickle_module=dill`` pickles arrays.
+
+  Read only when ``f`` is NumPy's ``_reconstruct`` (this module's own) and there is no
+  ``npdict`` (a subclass's attributes); anything else is a placeholder.
+  """
+  if f is _numpy_reconstruct and isinstance(args, tuple) and npdict is None:
+    array = f(*args)
+    array.__setstate__(state)
+    return array
+  return context.placeholder("dill._dill._create_array")(f, args, state, npdict)
+
+
 def _codecs_encode(obj, encoding="utf-8", errors="strict"):
   """_codecs.encode(text, 'latin1'): how protocol 2 pickles bytes."""
   if isinstance(obj, str) and encoding in ("latin1", "latin-1"):
@@ -495,7 +512,7 @@ class _Unpickler(pickle.Unpickler):
     # The C unpickler resolves every global through this method, whichever opcode names
     # it: GLOBAL, STACK_GLOBAL, INST, and the EXT1/2/4 codes of copyreg's extension
     # registry (the class given to OBJ, NEWOBJ or REDUCE was one of these first). The one
-    # exception, checked with CPython 3.11: an EXT code already in copyreg's
+    # exception, checked with CPython 3.11 to 3.13: an EXT code already in copyreg's
     # _extension_cache is pushed from the cache without find_class, so _check_pickle
     # refuses EXT opcodes before any unpickling (torch.save never writes them).
     # Nothing is imported here: the allow-list maps to this module's own objects.
@@ -508,6 +525,8 @@ class _Unpickler(pickle.Unpickler):
       return _MARKERS[(module, name)]
     if (module, name) == ("torch._tensor", "_rebuild_from_type_v2"):
       return functools.partial(_rebuild_from_type_v2, self._context)
+    if (module, name) == ("dill._dill", "_create_array"):
+      return functools.partial(_dill_create_array, self._context)
     return self._context.placeholder(f"{module}.{name}")
 
   def persistent_load(self, pid):
@@ -564,8 +583,9 @@ def _storage_type(value) -> str:
 def _storage_id(pid, length: int) -> tuple[str, str, int]:
   """(dtype, key, numel) of a persistent id ``('storage', type, key, location, numel, ...)``."""
   if not (isinstance(pid, tuple) and len(pid) == length and pid[0] == "storage"):
-    raise _Damaged(f"the persistent id {_REPR.repr(pid)}, not one of torch's storage "
-                   f"references (('storage', type, key, location, numel{', view' * (length > 5)}))")
+    fmt = "legacy" if length == 6 else "zip"
+    raise _Damaged(f"the persistent id {_REPR.repr(pid)}, not a storage reference of torch's "
+                   f"{fmt} format")
   dtype = _storage_type(pid[1])
   key, location, numel = pid[2], pid[3], pid[4]
   if not isinstance(key, str) or not isinstance(location, str | bytes):
@@ -592,24 +612,23 @@ def _shared_storage(context: _Context, dtype: str, key: str, numel: int) -> _Sto
 def _read_zip(f, context: _Context) -> Any:
   try:
     archive = zipfile.ZipFile(f)
-  except zipfile.BadZipFile as e:
-    raise _Truncated(
-      f"a zip archive without its end, the central directory ({one_line(e)})"
-    ) from None
+  except zipfile.BadZipFile:
+    raise _Truncated("a zip archive without its central directory, which is at its end") from None
   with archive:
     names = archive.namelist()
     if not names:
       raise _NotACheckpoint("an empty zip archive")
-    pickles = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
+    found = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
     first = names[0].split("/")[0] + "/data.pkl"
-    if first in pickles:  # as torch does: the directory of the archive's first record
-      pickles = [first]
-    if len(pickles) != 1:
+    if first in found:  # as torch does: the directory of the archive's first record
+      found = [first]
+    if len(found) != 1:
       if all(n.endswith(".npy") for n in names):
         raise _NotACheckpoint("a zip archive of .npy files (NumPy's .npz)")
-      found = "several" if pickles else "no"
-      raise _NotACheckpoint(f"a zip archive with {found} <name>/data.pkl (torch.save writes one)")
-    prefix = pickles[0][: -len("data.pkl")]
+      how_many = "several" if found else "no"
+      raise _NotACheckpoint(f"a zip archive with {how_many} <name>/data.pkl (torch.save "
+                            "writes one)")
+    prefix = found[0][: -len("data.pkl")]
     order = "<"
     if prefix + "byteorder" in names:
       text = archive.read(prefix + "byteorder").decode("ascii", "replace").strip()
@@ -625,20 +644,27 @@ def _read_zip(f, context: _Context) -> Any:
           info = archive.getinfo(member)
         except KeyError:
           raise _Truncated(f"its storage {storage.key} ({member}) is missing") from None
-        want = storage.nbytes
-        if info.file_size < want:
-          raise _Truncated(f"its storage {storage.key} has {info.file_size} of its {want} bytes")
-        if info.compress_type != zipfile.ZIP_STORED and want > 1024 * info.compress_size + 4096:
-          raise _Damaged(f"storage {storage.key} would inflate {info.compress_size} bytes to "
-                         f"{want} (torch.save does not compress)")
-        with archive.open(info) as member_file:
-          raw = member_file.read(want)
-        if len(raw) < want:
-          raise _Truncated(f"its storage {storage.key} has {len(raw)} of its {want} bytes")
+        raw = _member(archive, info, storage.nbytes, f"storage {storage.key}")
         storage.data, storage.order = np.frombuffer(raw, dtype=np.uint8), order
       return storage
 
-    return _unpickle(io.BytesIO(archive.read(pickles[0])), context, load)
+    info = archive.getinfo(found[0])
+    return _unpickle(io.BytesIO(_member(archive, info, info.file_size, "data.pkl")), context,
+                     load)
+
+
+def _member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, want: int, what: str) -> bytes:
+  """The first ``want`` bytes of an archive's member (torch.save stores them uncompressed)."""
+  if info.file_size < want:
+    raise _Truncated(f"its {what} has {info.file_size} of its {want} bytes")
+  if info.compress_type != zipfile.ZIP_STORED and want > 1024 * info.compress_size + 4096:
+    raise _Damaged(f"its {what} would inflate {info.compress_size} bytes to {want} (torch.save "
+                   "does not compress)")
+  with archive.open(info) as member:
+    raw = member.read(want)
+  if len(raw) < want:
+    raise _Truncated(f"its {what} has {len(raw)} of its {want} bytes")
+  return raw
 
 
 def _no_storage(pid):
@@ -650,10 +676,11 @@ def _read_legacy(data: bytes, context: _Context) -> Any:
   try:
     magic = _unpickle(f, context, _no_storage)
   except Exception as e:  # noqa: BLE001 (whatever fails here, it is not a checkpoint)
+    if _MAGIC_PICKLE.startswith(data[: len(_MAGIC_PICKLE)]):
+      raise _Truncated("it ends inside torch's magic number") from None
     raise _NotACheckpoint(_what_it_seems(data, e)) from None
   if type(magic) is not int or magic != MAGIC_NUMBER:
-    raise _NotACheckpoint(f"a pickle of {_describe(magic)} (torch.save's start with its "
-                          "magic number)")
+    raise _NotACheckpoint(f"a plain pickle of {_describe(magic)} (no torch.save magic number)")
   protocol = _unpickle(f, context, _no_storage)
   if protocol != PROTOCOL_VERSION:
     raise _Damaged(f"the protocol version {_REPR.repr(protocol)} after torch's magic number "
@@ -723,7 +750,7 @@ def _read_legacy(data: bytes, context: _Context) -> Any:
 
 def _describe(value) -> str:
   if isinstance(value, Placeholder):
-    return f"a {value.name} object"
+    return f"an object of class {value.name}"
   if isinstance(value, _PlaceholderType):
     return f"the global {value.name}"
   name = type(value).__name__
@@ -760,7 +787,7 @@ def _what_it_seems(data: bytes, error: Exception) -> str:
     return f"a text file (it starts with {start!r})"
   if isinstance(error, _Truncated):
     return "not a pickle, or a pickle cut short"
-  return f"not a pickle ({one_line(error, 80)})"
+  return f"binary data that is not a pickle (it starts with {head[:8].hex(' ')})"
 
 
 def _tar_members(f) -> list[str] | None:
@@ -921,6 +948,8 @@ def read(path: str) -> TorchFile:
   try:
     with open(path, "rb") as f:
       head = f.read(512)
+      if len(head) < 4 and b"PK\x03\x04".startswith(head) and head:
+        raise _Truncated("it ends inside a zip archive's first header")
       if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         fmt = "zip"
         obj = _read_zip(f, context)
@@ -931,12 +960,15 @@ def read(path: str) -> TorchFile:
         if len(head) == 512 and head[257:262] == b"ustar":
           members = _tar_members(f) or []
           if {"pickle", "storages", "tensors"} <= set(members):
-            raise _Damaged("in the tar format of PyTorch < 0.4, which this reader does not "
-                           "read: load it with an old PyTorch and save it again")
+            raise _error(f"{path} is in the tar format of PyTorch < 0.4, which this reader "
+                         "does not read; load it with PyTorch and save it again with torch.save")
           raise _NotACheckpoint("a tar archive (extract the checkpoint from it)")
         fmt = "legacy"
-        obj = _read_legacy(head + f.read(), context)
+        f.seek(0)
+        obj = _read_legacy(f.read(), context)
     obj = _Materializer(context)(obj)
+  except InputError:
+    raise
   except OSError as e:
     raise _error(f"{path} cannot be read ({one_line(e)}); check that it is a readable "
                  "file") from None
