@@ -415,7 +415,9 @@ def hostile_pickles(marker: str, say: str = "; echo PWNED") -> dict[str, tuple[b
     "exec": (pickle.dumps(Reduce(exec, (code,)), protocol=4), "builtins.exec"),  # STACK_GLOBAL
     "popen": (pickle.dumps(Reduce(subprocess.Popen, (["touch", marker],)), protocol=2),
               "subprocess.Popen"),
-    "writes_a_file": (pickle.dumps(WritesAFile(marker), protocol=2), "io.open"),
+    # open pickles as io.open up to Python 3.12, _io.open from 3.13 on.
+    "writes_a_file": (pickle.dumps(WritesAFile(marker), protocol=2),
+                      f"{pickle.whichmodule(open, 'open')}.open"),
     # getattr(__import__('os'), 'system')(command), in protocol 0.
     "getattr": (b"cbuiltins\ngetattr\n(cbuiltins\n__import__\n(S'os'\ntRS'system'\ntR(S'" + c
                 + b"'\ntR.", "builtins.getattr"),
