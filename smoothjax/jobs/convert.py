@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import shutil
@@ -82,7 +81,7 @@ def check(o: Options) -> None:
   if not os.path.isfile(o.torch):
     what = "a directory" if os.path.isdir(o.torch) else "not found"
     raise InputError(f"--torch {o.torch}: {what}; pass the checkpoint file (.pth.tar, .pt)")
-  architectures.dataset(o.dataset)
+  d = architectures.dataset(o.dataset)
   if o.arch is not None:
     architectures.architecture(o.arch, o.dataset)
   if o.normalization is not None and o.normalization not in architectures.NORMALIZATIONS:
@@ -90,7 +89,6 @@ def check(o: Options) -> None:
       f"unknown --normalization {o.normalization!r}; choose one of "
       f"{', '.join(architectures.NORMALIZATIONS)}"
     )
-  d = architectures.dataset(o.dataset)
   try:
     noise.parse(o.noise, default_sigma=float(sd) or 1.0, dim=math.prod(d.image_shape))
   except InputError as e:
@@ -240,11 +238,3 @@ def _describe(c: architectures.Converted) -> str:
   }[c.normalization]
   return f"{name} (mean {list(c.mean)}, std {list(c.std)})"
 
-
-def read_record(workdir: str) -> dict | None:
-  """The ``conversion.json`` of a converted workdir, or None for a trained one."""
-  path = os.path.join(workdir, CONVERSION_FILE)
-  if not os.path.isfile(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)

@@ -323,7 +323,7 @@ def convert(
     prefix = _find_prefix(keys, wanted)
     found = _fit(names, abstract, state, prefix)
     if isinstance(found, dict):
-      return _build(arch, name, state, prefix, names, found, normalization)
+      return _build(arch, name, abstract, state, prefix, names, found, normalization)
     problems = problems or found  # report against the full-size model
   raise InputError(problems)
 
@@ -355,7 +355,8 @@ def _same(a, b) -> bool:
   return np.shape(a) == np.shape(b) and np.array_equal(a, b)
 
 
-def _build(arch, model_name, state, prefix, names, arrays, normalization) -> Converted:
+def _build(arch, model_name, abstract, state, prefix, names, arrays, normalization):
+  """The :class:`Converted` model: ``abstract`` (the fitted one) filled with ``arrays``."""
   d = DATASETS[arch.dataset]
   mapped = {prefix + key: _path_name(path) for path, (key, _) in names.items()}
   used = set(mapped)
@@ -374,7 +375,7 @@ def _build(arch, model_name, state, prefix, names, arrays, normalization) -> Con
   else:
     kind = normalization or arch.normalization
     channels = d.image_shape[-1]
-    mean = {"cohen": d.mean, "center": d.mean}.get(kind, (0.0,) * channels)
+    mean = d.mean if kind in ("cohen", "center") else (0.0,) * channels
     std = d.std if kind == "cohen" else (1.0,) * channels
   # What a leftover key may repeat: a mapped key under another prefix (MadryLab's
   # module.attacker.model.* copy), or a normaliser buffer (module.attacker.normalize.*).
@@ -386,11 +387,10 @@ def _build(arch, model_name, state, prefix, names, arrays, normalization) -> Con
     if key.endswith("num_batches_tracked"):
       unused.append(key)
       continue
-    twin = next(
-      (k for s, k in suffixes.items() if key.endswith("." + s) and _same(state[k], state[key])),
-      None,
-    )
-    if twin is None:
+    parts = key.split(".")
+    tails = (".".join(parts[i:]) for i in range(1, len(parts)))  # the longest first
+    twin = next((suffixes[t] for t in tails if t in suffixes), None)
+    if twin is None or not _same(state[twin], state[key]):
       left.append(key)
     else:
       duplicates[key] = twin
@@ -400,13 +400,9 @@ def _build(arch, model_name, state, prefix, names, arrays, normalization) -> Con
       f"{len(left)} keys of the file are not part of {arch.label} ({', '.join(left[:3])}{more}); "
       "it holds another architecture or more than the model: check --arch"
     )
-  # Built abstractly (no initialisation computed), then filled with the file's arrays.
-  abstract = nnx.eval_shape(
-    lambda: models.create(
-      model_name, num_classes=d.num_classes, mean=mean, std=std, input_shape=d.image_shape,
-      rngs=nnx.Rngs(params=0), clip_inputs=clip,
-    )
-  )
+  # The abstract model (no initialisation computed), filled with the file's arrays and
+  # the normalisation found above.
+  abstract.normalize.clip = clip
   graphdef, current = nnx.split(abstract)
   constants = {("normalize", "mean"): mean, ("normalize", "std"): std}
   values = []
