@@ -31,11 +31,18 @@ def table(rows: Sequence[Row], eps: Mapping[str, Sequence[float]], radii, attack
   body = []
   for run, summaries, cert in rows:
     first = next(iter(summaries.values()))
+    mode = str(run["config"].get("mode", "?"))
+    noise_config = run.get("noise_config", run["config"])
+    if run.get("denoiser"):  # denoised smoothing: the denoiser's loss, its training sigma
+      denoiser_mode = str(noise_config.get("mode", "?"))
+      if denoiser_mode == "denoiser":
+        denoiser_mode = str((noise_config.get("denoiser") or {}).get("loss", "mse"))
+      mode = f"{mode} + {denoiser_mode} denoiser"
     line = [
       run["name"],
-      str(run["config"].get("mode", "?")),
+      mode,
       run["family"],
-      f"{float(run['config'].get('noise_sd', 0.0)):g}",
+      f"{float(noise_config.get('noise_sd', 0.0)):g}",
       f"{run['sigma']:g}",
       f"{100 * first['clean_accuracy']:.1f}",
     ]

@@ -155,7 +155,8 @@ def show_flags_of(module_name: str) -> None:
 
 
 class EvaluationFlags:
-  """The flags of how a program evaluates a trained model: dtype, folding, numerics.
+  """The flags of how a program evaluates a trained model: dtype, folding, numerics, and
+  the denoiser in front of it.
 
   Defined by :func:`define_evaluation_flags` in the programs that evaluate a model
   (certify.py, attack.py, generate.py), before their own flags.
@@ -184,6 +185,17 @@ class EvaluationFlags:
     )
     self.deterministic = flags.DEFINE_boolean(
       "deterministic", False, "Deterministic GPU operations (slower; changes nothing on CPUs)."
+    )
+    # Denoised smoothing: the model evaluated is classifier(denoiser(x)).
+    self.denoiser = flags.DEFINE_string(
+      "denoiser",
+      None,
+      "Workdir of a denoiser (train.py --config.mode=denoiser) or diffusion model "
+      "(--config.mode=diffusion) put in front of the classifier: denoised smoothing of "
+      "classifier(denoiser(x)). The default noise is then the denoiser's training noise.",
+    )
+    self.denoiser_epoch = flags.DEFINE_integer(
+      "denoiser_epoch", None, "Checkpoint epoch of --denoiser (default: latest)."
     )
 
   def configure(self) -> None:

@@ -20,6 +20,12 @@ from smoothjax.jobs import compare as job
 _D = job.Options
 flags.DEFINE_list("workdirs", None, "Trained runs to compare (from train.py).")
 flags.DEFINE_list("names", None, "Names of the runs (default: workdir base names).")
+flags.DEFINE_list(
+  "denoisers",
+  None,
+  "One denoiser workdir per run, empty for none (e.g. ',workdirs/dn'): compare "
+  "classifier(denoiser(x)) too (denoised smoothing).",
+)
 flags.DEFINE_string("outdir", None, "Folder for the result files, table and figure.")
 flags.DEFINE_integer("n0", _D.n0, "certify.py --n0: noise samples to select the class.")
 flags.DEFINE_integer("n", _D.n, "certify.py --n: noise samples to estimate pA.")

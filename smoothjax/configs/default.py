@@ -32,8 +32,10 @@ def get_config() -> ml_collections.ConfigDict:
   # below, Cohen et al. 2019's Gaussian augmentation; alias "gaussian"), "fgsm" / "pgd"
   # (Madry et al. 2018, settings in `attack`), "smoothadv" (Salman et al. 2019),
   # "consistency" (Jeong & Shin 2020), "macer" (Zhai et al. 2020, Gaussian only),
-  # "fixedpoint" (fine-tuning for generation, with init_from below). Each
-  # mode's settings live in its section below (papers' defaults).
+  # "fixedpoint" (fine-tuning for generation, with init_from below); "denoiser" (a denoiser
+  # for denoised smoothing, Salman et al. 2020: model dncnn, dncnn_small, ...) and "diffusion"
+  # (an epsilon-prediction diffusion model for one-shot denoising, Carlini et al. 2023: model
+  # unet_small, ...). Each mode's settings live in its section below (papers' defaults).
   config.mode = "noise"
   # Training and evaluation noise (smoothjax.noise): "gaussian", "laplace", "uniform" or
   # "expinf:k=1:j=0" (Yang et al. 2020), at the per-coordinate standard deviation noise_sd.
@@ -56,6 +58,14 @@ def get_config() -> ml_collections.ConfigDict:
     )
   )  # generation PGD (l2) from real images; m > 0: smoothed under the noise above; step_size
   # 0: 2.5 * eps / steps; ce_weight 0: the fixed-point loss alone
+  config.denoiser = ml_collections.ConfigDict(
+    dict(loss="mse", classifier="", classifier_epoch=-1, sigmas=())
+  )  # loss "mse", "stability", "classification", "mse+stability" or "mse+classification";
+  # classifier: the workdir of the frozen classifier the last four need (its latest
+  # checkpoint, or classifier_epoch); sigmas: the noise levels a conditioned denoiser
+  # (dncnn_conditioned) trains at (empty: noise_sd alone)
+  config.diffusion = ml_collections.ConfigDict(dict(max_sigma=0.0))
+  # max_sigma > 0: train on the times whose noise is at most that pixel sigma (0: all)
   # Start from another run's trained parameters (a workdir of the same model and dataset);
   # a fresh optimiser. Used when this workdir has no checkpoint yet.
   config.init_from = ""

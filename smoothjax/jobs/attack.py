@@ -88,6 +88,8 @@ class Options:
   dtype: str = "float32"
   fold_batchnorm: bool = True
   precision: str = "default"
+  denoiser: str | None = None  # a denoiser's workdir: attack classifier(denoiser(x))
+  denoiser_epoch: int | None = None  # None: the denoiser's latest checkpoint
 
 
 # --------------------------------------------------------------------------
@@ -181,6 +183,9 @@ def check_options(o: Options) -> Options:
       raise InputError(f"--alpha must be in (0, 1), got {o.alpha}")
     if o.sigma is not None and not (math.isfinite(o.sigma) and o.sigma > 0):
       raise InputError(f"--sigma must be a finite number > 0, got {o.sigma}")
+  if o.sigma is not None and not (math.isfinite(o.sigma) and o.sigma > 0):
+    raise InputError(f"--sigma must be a finite number > 0, got {o.sigma}")
+  common.check_denoiser_options(o.denoiser, o.denoiser_epoch)
   results.check_output_path(o.outfile, "--outfile")
   if o.examples:
     results.check_output_path(o.examples, "--examples")
@@ -361,15 +366,25 @@ def run_attack(o: Options) -> dict:
 
 def _run_attack(o: Options) -> dict:
   run = common.restore(o.workdir, o.epoch, fold=o.fold_batchnorm, dtype=o.dtype)
-  model = run.model
-  sigma = noise_dist = None
+  denoiser = common.load_denoiser(
+    o.denoiser, o.denoiser_epoch, run, fold=o.fold_batchnorm, dtype=o.dtype
+  )
+  sigma = noise_dist = level = None
   dataset = run.dataset()
-  if o.smoothed:  # the run's noise family (config.noise) at --sigma, default its noise_sd
-    noise_dist = common.resolve_noise(
-      run.config, o.workdir, sigma=o.sigma, dim=math.prod(dataset.info.image_shape),
+  # The smoothing noise: the run's family (config.noise; the denoiser's with one) at
+  # --sigma, default its noise_sd. Without --smoothed a denoiser still needs its level.
+  if o.smoothed or (denoiser is not None and (o.sigma is not None or denoiser.kind == "diffusion")):
+    level = common.resolve_noise(
+      *common.noise_source(run, denoiser),
+      sigma=o.sigma,
+      dim=math.prod(dataset.info.image_shape),
       advice="pass --sigma",
     )
+  if o.smoothed:
+    noise_dist = level
     sigma = noise_dist.sigma
+  run = common.with_denoiser(run, denoiser, level)
+  model = run.model
   split = dataset.split(o.split)
   indices = common.select(len(split), skip=o.skip, max_index=o.max, count=o.count, split=o.split)
   settings = _settings(o, run, sigma)
@@ -382,6 +397,7 @@ def _run_attack(o: Options) -> dict:
   hints = {
     "model": "the checkpoint was retrained or replaced since the file was written",
     **transforms.EVALUATION_HINTS,
+    **common.DENOISER_HINTS,
   }
   with shares.open_share(o.outfile, columns(o.eps), settings=settings, hints=hints) as share:
     results.check_inputs_unchanged(share.to_check, split, o.outfile, o.split)

@@ -83,6 +83,8 @@ class Options:
   dtype: str = "float32"
   fold_batchnorm: bool = True
   precision: str = "default"
+  denoiser: str | None = None  # a denoiser's workdir: certify classifier(denoiser(x))
+  denoiser_epoch: int | None = None  # None: the denoiser's latest checkpoint
 
 
 def estimation_samples(o: Options) -> int:
@@ -155,6 +157,7 @@ def check_options(o: Options, num_devices: int | None = None) -> None:
     raise InputError(f"--seed must be in [0, 2^32), got {o.seed}")
   if o.epoch is not None and o.epoch < 0:
     raise InputError(f"--epoch must be >= 0, got {o.epoch}")
+  common.check_denoiser_options(o.denoiser, o.denoiser_epoch)
   transforms.compute_dtype(o.dtype)
   numerics.check_precision(o.precision)
   # One vote-counting call takes inputs_per_step inputs of n0 + n samples each, padded by a batch.
@@ -256,11 +259,18 @@ def run(o: Options) -> results.Results | None:
 def _run(o: Options) -> results.Results | None:
   outfile = o.outfile
   run = common.restore(o.workdir, o.epoch, fold=o.fold_batchnorm, dtype=o.dtype)
-  model, config = run.model, run.config
+  denoiser = common.load_denoiser(
+    o.denoiser, o.denoiser_epoch, run, fold=o.fold_batchnorm, dtype=o.dtype
+  )
   dataset = run.dataset()
   noise_dist = common.resolve_noise(
-    config, o.workdir, spec=o.noise, sigma=o.sigma, dim=math.prod(dataset.info.image_shape)
+    *common.noise_source(run, denoiser),
+    spec=o.noise,
+    sigma=o.sigma,
+    dim=math.prod(dataset.info.image_shape),
   )
+  run = common.with_denoiser(run, denoiser, noise_dist)
+  model = run.model
   split = dataset.split(o.split)
   indices = common.select(len(split), skip=o.skip, max_index=o.max, count=o.count, split=o.split)
   columns = (
@@ -310,6 +320,7 @@ def _run(o: Options) -> results.Results | None:
     "noise_scale": "the noise level (--sigma, default the training noise_sd) differs",
     "mode": "one file holds the certificates of one mode (--predict, --adaptive)",
     **transforms.EVALUATION_HINTS,
+    **common.DENOISER_HINTS,
   }
   with shares.open_share(outfile, columns, settings=settings, hints=hints) as share:
     results.check_inputs_unchanged(share.to_check, split, outfile, o.split)

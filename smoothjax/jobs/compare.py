@@ -64,6 +64,8 @@ class Options:
   eps_linf: Sequence[float] = (0.05, 0.1, 0.2)
   steps: int = 20
   radii: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)
+  # One per workdir ("" for none): compare classifier(denoiser(x)) (denoised smoothing).
+  denoisers: Sequence[str] | None = None
 
 
 def check_numbers(name: str, values, *, positive: bool) -> list[float]:
@@ -96,7 +98,18 @@ def check_options(o: Options) -> tuple[list[dict], dict, list[float]]:
     raise InputError("--outdir is required: the folder for the result files and the table")
   if os.path.exists(o.outdir) and not os.path.isdir(o.outdir):
     raise InputError(f"--outdir {o.outdir} is a file; choose a folder")
-  names = list(o.names or [os.path.basename(os.path.normpath(w)) for w in o.workdirs])
+  denoisers = [d or "" for d in (o.denoisers or [""] * len(o.workdirs))]
+  if len(denoisers) != len(o.workdirs):
+    raise InputError(
+      f"--denoisers has {len(denoisers)} entries for {len(o.workdirs)} workdirs; give one per "
+      "workdir, empty for none (e.g. --denoisers=,workdirs/denoiser)"
+    )
+
+  def default_name(path, denoiser):
+    name = os.path.basename(os.path.normpath(path))
+    return f"{name}+{os.path.basename(os.path.normpath(denoiser))}" if denoiser else name
+
+  names = list(o.names or [default_name(w, d) for w, d in zip(o.workdirs, denoisers, strict=True)])
   if len(names) != len(o.workdirs):
     raise InputError(f"--names has {len(names)} names for {len(o.workdirs)} workdirs")
   if len(set(names)) != len(names) or any(not n or os.sep in n for n in names):
@@ -123,12 +136,15 @@ def check_options(o: Options) -> tuple[list[dict], dict, list[float]]:
   eps["linf"] = check_numbers("eps_linf", o.eps_linf, positive=True)
   radii = sorted(check_numbers("radii", o.radii, positive=False))
   runs = []
-  for name, path in zip(names, o.workdirs, strict=True):
+  for name, path, denoiser in zip(names, o.workdirs, denoisers, strict=True):
     config = workdir.load_config(path)  # one-line error for a missing run
-    if not os.path.isdir(os.path.join(path, workdir.checkpoints.CHECKPOINT_DIR)):
-      raise InputError(f"no checkpoints in {path}; train it first")
-    trained = float(config.get("noise_sd", 0.0))
-    family = noise.family_name(config.get("noise", "gaussian"))
+    for where in (path, denoiser) if denoiser else (path,):
+      if not os.path.isdir(os.path.join(where, workdir.checkpoints.CHECKPOINT_DIR)):
+        raise InputError(f"no checkpoints in {where}; train it first")
+    # The default smoothing noise: the denoiser's training noise when there is one.
+    noise_config = workdir.load_config(denoiser) if denoiser else config
+    trained = float(noise_config.get("noise_sd", 0.0))
+    family = noise.family_name(noise_config.get("noise", "gaussian"))
     if o.same_sigma or trained == 0:
       if o.sigma is None:
         raise InputError(f"{path} was trained without noise: pass --sigma to certify it")
@@ -140,7 +156,17 @@ def check_options(o: Options) -> tuple[list[dict], dict, list[float]]:
     # certify checks the family's settings; here only its name (for file names) counts.
     if family not in noise.FAMILIES:
       raise InputError(f"{path} has config.noise {config.get('noise')!r}, not a noise family")
-    runs.append({"name": name, "workdir": path, "config": config, "sigma": sigma, "family": family})
+    runs.append(
+      {
+        "name": name,
+        "workdir": path,
+        "config": config,
+        "noise_config": noise_config,
+        "sigma": sigma,
+        "family": family,
+        "denoiser": denoiser or None,
+      }
+    )
   return runs, eps, radii
 
 
@@ -162,6 +188,7 @@ def _evaluate(o: Options, run: dict, eps: dict) -> tuple[dict, results.Results]:
           eps=tuple(float(f"{e:g}") for e in eps[norm]),  # as attack.py's --eps had them
           steps=o.steps,
           batch=min(o.batch, 256),
+          denoiser=run["denoiser"],
           **selection,
         )
       )
@@ -170,7 +197,7 @@ def _evaluate(o: Options, run: dict, eps: dict) -> tuple[dict, results.Results]:
   family = "" if run["family"] == "gaussian" else f"{run['family']}_"
   certify_path = os.path.join(folder, f"certify_{family}sigma{run['sigma']:g}.tsv")
   noise_name = None
-  if float(run["config"].get("noise_sd", 0.0)) == 0 and run["family"] != "gaussian":
+  if float(run["noise_config"].get("noise_sd", 0.0)) == 0 and run["family"] != "gaussian":
     noise_name = run["family"]
   print(f"\n== {run['name']}: certify at sigma {run['sigma']:g} -> {certify_path}", flush=True)
   certify_job.run(
@@ -184,6 +211,7 @@ def _evaluate(o: Options, run: dict, eps: dict) -> tuple[dict, results.Results]:
       sigma=float(run["sigma"]),
       noise=noise_name,
       inputs_per_step=10,
+      denoiser=run["denoiser"],
       **selection,
     )
   )

@@ -97,6 +97,8 @@ class Options:
   dtype: str = "float32"
   fold_batchnorm: bool = True
   precision: str = "default"
+  denoiser: str | None = None  # a denoiser's workdir: generate with classifier(denoiser(x))
+  denoiser_epoch: int | None = None  # None: the denoiser's latest checkpoint
 
 
 # --------------------------------------------------------------------------
@@ -125,6 +127,7 @@ def check_options(o: Options) -> Options:
       raise InputError(f"--{name} is required")
   transforms.compute_dtype(o.dtype)
   numerics.check_precision(o.precision)
+  common.check_denoiser_options(o.denoiser, o.denoiser_epoch)
   if o.loss not in generation.LOSSES:
     raise InputError(f"unknown --loss {o.loss!r}; choose one of: {', '.join(generation.LOSSES)}")
   if o.seed_dist not in generation.SEED_DISTRIBUTIONS:
@@ -174,13 +177,13 @@ def _check_classes(o: Options, num_classes: int) -> tuple[int, ...]:
   return classes
 
 
-def _noise(o: Options, run: common.Run):
-  """The run's noise family (config.noise) at --sigma, default its noise_sd; None for m 0."""
-  if o.m == 0:
+def _noise(o: Options, run: common.Run, denoiser: common.Denoiser | None = None):
+  """The run's noise family (config.noise; the denoiser's with one) at --sigma, default its
+  noise_sd; None for m 0 (unless a denoiser needs its level)."""
+  if o.m == 0 and (denoiser is None or (o.sigma is None and denoiser.kind != "diffusion")):
     return None
   return common.resolve_noise(
-    run.config,
-    o.workdir,
+    *common.noise_source(run, denoiser),
     sigma=o.sigma,
     dim=math.prod(run.info.image_shape),
     advice="pass --sigma for the smoothed classifier, or --m 0 to generate with the base "
@@ -424,9 +427,14 @@ def run_generate(o: Options) -> dict:
 
 def _run_generate(o: Options) -> dict:
   run = common.restore(o.workdir, o.epoch, fold=o.fold_batchnorm, dtype=o.dtype)
+  denoiser = common.load_denoiser(
+    o.denoiser, o.denoiser_epoch, run, fold=o.fold_batchnorm, dtype=o.dtype
+  )
+  level = _noise(o, run, denoiser)
+  noise_dist = level if o.m > 0 else None
+  run = common.with_denoiser(run, denoiser, level)
   model, config, info = run.model, run.config, run.info
   classes = _check_classes(o, info.num_classes)
-  noise_dist = _noise(o, run)
   judge = _load_judge(o, config, info, run.fingerprint)
   dataset = run.dataset()
   factor = _seed_factor(o, info)

@@ -1,4 +1,4 @@
-"""Flax NNX image classifiers whose inputs are NHWC float32 images in [0, 1].
+"""Flax NNX image classifiers, denoisers and diffusion models over NHWC images in [0, 1].
 
 Every model normalises its input first, ``(x - mean) / std`` per channel, so noise and
 attacks act in [0, 1] pixel space and any ``logits_fn = model`` can be smoothed. The
@@ -14,6 +14,13 @@ makes each example's logits independent of the rest of its batch. The mode is a 
 attribute, so split after setting it, or call ``train()``/``eval()`` after ``nnx.merge``
 inside the jitted function. Unlike PyTorch, the running variance is the biased batch
 variance.
+
+Beside the classifiers (:data:`MODELS`, built by :func:`create`) live the denoisers of
+denoised smoothing (:data:`DENOISERS`, :mod:`smoothjax.models.denoisers`) and the
+epsilon-prediction diffusion models of one-shot diffusion denoising
+(:data:`DIFFUSION_MODELS`, :mod:`smoothjax.models.unet` and
+:mod:`smoothjax.models.diffusion`), built by :func:`create_denoiser`; :func:`from_config`
+builds whichever a run's ``config.model`` names, and :func:`kind` says which it is.
 
 Example::
 
@@ -39,6 +46,17 @@ from smoothjax.models.cnn import (
   NormalizationConstant,
   Normalize,
 )
+from smoothjax.models.denoisers import (
+  AtNoise,
+  Denoised,
+  DnCNN,
+  DnCNNConditioned,
+  DnCNNSmall,
+  DnCNNSmallConditioned,
+  DnCNNTiny,
+  denoised,
+)
+from smoothjax.models.diffusion import OneShot
 from smoothjax.models.resnet import (
   BasicBlock,
   Bottleneck,
@@ -54,6 +72,7 @@ from smoothjax.models.resnet import (
   ResNet110,
   ResNetTiny,
 )
+from smoothjax.models.unet import UNet, UNetCifar, UNetSmall, UNetTiny
 from smoothjax.models.transforms import (
   COMPUTE_DTYPES,
   compute_dtype,
@@ -81,6 +100,76 @@ _CONSTRUCTORS = {
 }
 
 MODELS: tuple[str, ...] = tuple(_CONSTRUCTORS)
+"""The classifiers."""
+
+_DENOISERS = {
+  "dncnn": DnCNN,
+  "dncnn_small": DnCNNSmall,
+  "dncnn_tiny": DnCNNTiny,
+  "dncnn_conditioned": DnCNNConditioned,
+  "dncnn_small_conditioned": DnCNNSmallConditioned,
+}
+_DIFFUSION = {
+  "unet_small": UNetSmall,
+  "unet_tiny": UNetTiny,
+  "unet_cifar": UNetCifar,
+}
+DENOISERS: tuple[str, ...] = tuple(_DENOISERS)
+"""Denoisers ``D(y)`` of noisy images (``D(y, sigma)`` for the ``_conditioned`` ones)."""
+DIFFUSION_MODELS: tuple[str, ...] = tuple(_DIFFUSION)
+"""Epsilon-prediction diffusion models ``eps(x_t, t)``, continuous time t in [0, 1]."""
+ALL_MODELS: tuple[str, ...] = MODELS + DENOISERS + DIFFUSION_MODELS
+
+
+def kind(name: str) -> str:
+  """``"classifier"``, ``"denoiser"`` or ``"diffusion"``: what the model ``name`` is.
+
+  Raises:
+    InputError: no model has that name.
+  """
+  if name in _CONSTRUCTORS:
+    return "classifier"
+  if name in _DENOISERS:
+    return "denoiser"
+  if name in _DIFFUSION:
+    return "diffusion"
+  raise InputError(f"unknown model {name!r}; choose one of {', '.join(ALL_MODELS)}")
+
+
+def is_conditioned(name: str) -> bool:
+  """Whether the denoiser ``name`` takes the noise level as an input (``D(y, sigma)``)."""
+  return name in _DENOISERS and name.endswith("_conditioned")
+
+
+def create_denoiser(
+  name: str,
+  *,
+  input_shape: tuple[int, int, int],
+  rngs: nnx.Rngs,
+  dtype=jnp.float32,
+) -> nnx.Module:
+  """Builds the denoiser or diffusion model called ``name``, in eval mode.
+
+  Args:
+    name: one of :data:`DENOISERS` or :data:`DIFFUSION_MODELS`.
+    input_shape: ``(H, W, C)`` of the images.
+    rngs: random streams for parameter initialisation (the ``params`` stream is used).
+    dtype: computation dtype; parameters and outputs stay float32.
+
+  Returns:
+    A denoiser mapping ``(N, H, W, C)`` noisy images in [0, 1] to images of that shape
+    (``model(y)``, or ``model(y, sigma)`` for a conditioned one), or a diffusion model
+    mapping ``(x_t, t)`` to the predicted noise.
+  """
+  constructors = {**_DENOISERS, **_DIFFUSION}
+  if name not in constructors:
+    raise InputError(
+      f"unknown denoiser {name!r}; choose one of {', '.join(DENOISERS + DIFFUSION_MODELS)}"
+    )
+  shape = tuple(int(d) for d in input_shape)
+  if len(shape) != 3 or min(shape) < 1:
+    raise InputError(f"input_shape must be (height, width, channels), got {input_shape!r}")
+  return constructors[name](shape[2], input_shape=shape, rngs=rngs, dtype=dtype)
 
 
 def create(
@@ -126,7 +215,8 @@ def create(
 
 
 def from_config(config, info, *, seed: int = 0, dtype=jnp.float32) -> nnx.Module:
-  """The model named by a run's ``config.model`` for a dataset, normalising inside.
+  """The model named by a run's ``config.model`` for a dataset (a classifier normalising
+  inside, a denoiser, or a diffusion model).
 
   Args:
     config: a training config (anything with a ``model`` field, e.g. a ConfigDict);
@@ -139,6 +229,13 @@ def from_config(config, info, *, seed: int = 0, dtype=jnp.float32) -> nnx.Module
   Returns:
     The model, in eval mode.
   """
+  if kind(config.model) != "classifier":
+    return create_denoiser(
+      config.model,
+      input_shape=tuple(info.image_shape),
+      rngs=nnx.Rngs(params=seed),
+      dtype=dtype,
+    )
   return create(
     config.model,
     num_classes=info.num_classes,
@@ -157,8 +254,27 @@ def param_count(model: nnx.Module) -> int:
 
 
 __all__ = [
+  "ALL_MODELS",
   "COMPUTE_DTYPES",
+  "DENOISERS",
+  "DIFFUSION_MODELS",
   "MODELS",
+  "AtNoise",
+  "Denoised",
+  "DnCNN",
+  "DnCNNConditioned",
+  "DnCNNSmall",
+  "DnCNNSmallConditioned",
+  "DnCNNTiny",
+  "OneShot",
+  "UNet",
+  "UNetCifar",
+  "UNetSmall",
+  "UNetTiny",
+  "create_denoiser",
+  "denoised",
+  "is_conditioned",
+  "kind",
   "BasicBlock",
   "Bottleneck",
   "CNN",

@@ -97,26 +97,35 @@ class Trainer:
     del state
     self._loss_fn = modes.build(self.config)
     self.noise = modes.noise_from_config(self.config)
+    # A frozen model the loss uses (the classifier a denoiser is trained against): its
+    # state is a jit argument of the steps, never trained, never checkpointed here.
+    load = getattr(self._loss_fn, "load_frozen", None)
+    self.frozen = None if load is None else load()
+    self._evaluate = getattr(self._loss_fn, "evaluate", None)
 
   def state(self):
     return nnx.state((self.model, self.optimizer))
 
-  @functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(1,))
   def train_step(self, state, images, labels, key, epoch=0):
     """One optimiser step.
 
     Returns:
       The new state and the batch's metrics: ``loss``, the mode's ``aux`` entries
-      (``accuracy`` first) and ``finite`` (False once the loss or a parameter is
-      NaN or infinite).
+      (``accuracy`` first, for classifiers) and ``finite`` (False once the loss or a
+      parameter is NaN or infinite).
     """
+    return self._train_step(state, self.frozen, images, labels, key, epoch)
+
+  @functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(1,))
+  def _train_step(self, state, frozen, images, labels, key, epoch):
     model, optimizer = nnx.merge(self.graphdef, state)
     model.train()
     augment_key, mode_key = jax.random.split(key)
     images = augment.apply(self.config.get("augment", "none"), augment_key, images)
+    extra = {} if frozen is None else {"frozen": frozen}
 
     def loss_fn(model):
-      return self._loss_fn(model, mode_key, images, labels, epoch)
+      return self._loss_fn(model, mode_key, images, labels, epoch, **extra)
 
     (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
@@ -124,18 +133,27 @@ class Trainer:
     finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in params]))
     return nnx.state((model, optimizer)), {"loss": loss, **aux, "finite": finite}
 
-  @functools.partial(jax.jit, static_argnums=(0,))
   def eval_step(self, state, images, labels, key):
-    """Correct-prediction counts on clean images and under the run's noise (clean if none)."""
+    """The test metrics' sums over a batch (rows labelled -1 are padding).
+
+    Classifiers: ``accuracy`` (clean) and ``accuracy_noisy`` (under the run's noise, clean
+    if none) correct-prediction counts; other modes: their ``evaluate``'s sums.
+    """
+    return self._eval_step(state, self.frozen, images, labels, key)
+
+  @functools.partial(jax.jit, static_argnums=(0,))
+  def _eval_step(self, state, frozen, images, labels, key):
     model, _ = nnx.merge(self.graphdef, state)
     model.eval()
+    if self._evaluate is not None:
+      return self._evaluate(model, key, images, labels, **({} if frozen is None else {"frozen": frozen}))
     clean = jnp.sum(jnp.argmax(model(images), -1) == labels)
     if self.noise is None:
-      return clean, clean
+      return {"accuracy": clean, "accuracy_noisy": clean}
     noise = modes.for_inputs(self.noise, images)
     noisy_inputs = images + noise.sample(key, images.shape, images.dtype)
     noisy = jnp.sum(jnp.argmax(model(noisy_inputs), -1) == labels)
-    return clean, noisy
+    return {"accuracy": clean, "accuracy_noisy": noisy}
 
   def __hash__(self):
     return id(self)
@@ -153,10 +171,14 @@ def make_trainer(config, info: data_lib.DatasetInfo, steps_per_epoch: int) -> Tr
   return Trainer(config, model, optimizer)
 
 
-def evaluate(trainer: Trainer, state, split, *, batch_size: int, key, mesh):
-  """Clean accuracy and accuracy under the run's noise over a whole split."""
+def evaluate(trainer: Trainer, state, split, *, batch_size: int, key, mesh) -> dict[str, float]:
+  """The test metrics over a whole split, as means per input.
+
+  Classifiers: ``accuracy`` (clean) and ``accuracy_noisy`` (under the run's noise); a
+  denoiser or diffusion model: its mode's metrics (``mse``, ``mse_noisy``, ...).
+  """
   n = len(split)
-  clean = noisy = 0
+  sums: dict[str, float] = {}
   ndev = mesh.devices.size
   for i, start in enumerate(range(0, n, batch_size)):
     idx = np.arange(start, min(start + batch_size, n))
@@ -171,10 +193,10 @@ def evaluate(trainer: Trainer, state, split, *, batch_size: int, key, mesh):
       images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
       labels = np.concatenate([labels, np.full((pad,), -1, labels.dtype)])
     images, labels = parallel.put_process_batch((images, labels), mesh, size)
-    c, z = trainer.eval_step(state, images, labels, jax.random.fold_in(key, i))
-    clean += int(c)
-    noisy += int(z)
-  return clean / n, noisy / n
+    batch = jax.device_get(trainer.eval_step(state, images, labels, jax.random.fold_in(key, i)))
+    for name, value in batch.items():
+      sums[name] = sums.get(name, 0.0) + float(value)
+  return {name: value / n for name, value in sums.items()}
 
 
 class _EpochMetrics:
@@ -306,6 +328,8 @@ def _train(config, workdir, dataset, train_split, test_split, steps_per_epoch, m
   trainer = make_trainer(config, dataset.info, steps_per_epoch)
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
   state = parallel.replicate(trainer.state(), mesh)
+  if trainer.frozen is not None:
+    trainer.frozen = parallel.replicate(trainer.frozen, mesh)
   start_step, partial, meta, train_input = 0, None, {}, None
   try:
     restored = ckpt.restore_latest(state[0], state[1])
@@ -451,7 +475,7 @@ def _loop(run: _Run, state, start_step: int, partial: Mapping | None) -> dict:
     if not epoch_metrics.flush():
       raise _diverged((epoch + 1) * steps_per_epoch, steps_per_epoch, config)
     train = epoch_metrics.means()
-    clean, noisy = evaluate(
+    tested = evaluate(
       trainer,
       state,
       test_split,
@@ -459,14 +483,15 @@ def _loop(run: _Run, state, start_step: int, partial: Mapping | None) -> dict:
       key=jax.random.fold_in(eval_key, epoch),
       mesh=mesh,
     )
+    first_metrics = {"train_loss": train.pop("loss")}
+    if "accuracy" in train:
+      first_metrics["train_accuracy"] = train.pop("accuracy")
     last = {
       "epoch": epoch + 1,
       "step": (epoch + 1) * steps_per_epoch,
-      "train_loss": train.pop("loss"),
-      "train_accuracy": train.pop("accuracy"),
+      **first_metrics,
       **{f"train_{k}": v for k, v in sorted(train.items())},
-      "test_accuracy": clean,
-      "test_accuracy_noisy": noisy,
+      **{f"test_{k}": v for k, v in tested.items()},
       "noise_sd": config.noise_sd,
       "noise": None if trainer.noise is None else trainer.noise.spec,
       "seconds": time.time() - t0,
@@ -482,10 +507,18 @@ def _loop(run: _Run, state, start_step: int, partial: Mapping | None) -> dict:
       for k, v in last.items()
       if k.startswith("train_") and k not in ("train_loss", "train_accuracy")
     )
+    train_acc = f"  train acc {last['train_accuracy']:.4f}" if "train_accuracy" in last else ""
+    if set(tested) == {"accuracy", "accuracy_noisy"}:
+      test = (
+        f"test acc {tested['accuracy']:.4f}  test acc (noise {noise_name}) "
+        f"{tested['accuracy_noisy']:.4f}"
+      )
+    else:
+      names = {"accuracy": "acc", "accuracy_noisy": f"acc (noise {noise_name})"}
+      test = "  ".join(f"test {names.get(k, k)} {v:.4f}" for k, v in tested.items())
     _say(
-      f"epoch {epoch + 1:3d}/{config.num_epochs}  loss {last['train_loss']:.4f}  "
-      f"train acc {last['train_accuracy']:.4f}{extra}  test acc {clean:.4f}  "
-      f"test acc (noise {noise_name}) {noisy:.4f}  {last['seconds']:.1f}s",
+      f"epoch {epoch + 1:3d}/{config.num_epochs}  loss {last['train_loss']:.4f}"
+      f"{train_acc}{extra}  {test}  {last['seconds']:.1f}s",
       flush=True,
     )
     if main:

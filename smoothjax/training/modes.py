@@ -36,6 +36,16 @@ is trained on), other entries are logged as ``train_<name>``.
   model a classifier; ``ce_weight = 0`` is the fixed-point objective alone. Start
   it from a trained workdir with ``config.init_from``.
 
+* ``denoiser`` and ``diffusion``: a denoiser for denoised smoothing, and an
+  epsilon-prediction diffusion model for one-shot diffusion denoising
+  (:mod:`smoothjax.training.denoising`, ``config.denoiser`` and ``config.diffusion``).
+
+A mode's loss may carry two attributes the loop uses: ``evaluate(model, key, images,
+labels, frozen) -> sums`` (the test metrics' sums over a batch; the classifiers'
+clean and noisy accuracy without it) and ``load_frozen() -> state`` (a frozen model's
+state, e.g. the classifier a denoiser is trained against, passed to the loss as
+``frozen=``, a jit argument of the train step).
+
 Attacks inside training run on an eval-mode view of the model with its
 parameters held constant (:func:`frozen_logits_fn`), so BatchNorm neither
 normalises with nor updates batch statistics during attack forward passes (as
@@ -62,9 +72,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from smoothjax import models
 from smoothjax import noise as noise_lib
 from smoothjax.errors import InputError
 from smoothjax.objectives import attacks, generation, losses
+from smoothjax.training import denoising
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -405,7 +417,33 @@ MODES: dict[str, Callable[[Mapping[str, Any], noise_lib.Noise | None], LossFn]] 
   "consistency": _consistency,
   "macer": _macer,
   "fixedpoint": _fixedpoint,
+  "denoiser": denoising.denoiser_mode,
+  "diffusion": denoising.diffusion_mode,
 }
+
+# The kind of model (smoothjax.models.kind) each mode trains; every other mode a classifier.
+MODEL_KINDS = {"denoiser": "denoiser", "diffusion": "diffusion"}
+
+
+def check_model_kind(config: Mapping[str, Any]) -> None:
+  """Refuses a mode and a model of different kinds (a classifier under ``denoiser``, ...).
+
+  Raises:
+    InputError: unknown model, or one the mode cannot train.
+  """
+  name, mode = config.get("model"), config.get("mode")
+  have = models.kind(name)
+  want = MODEL_KINDS.get(mode, "classifier")
+  if have != want:
+    choices = {
+      "classifier": models.MODELS,
+      "denoiser": models.DENOISERS,
+      "diffusion": models.DIFFUSION_MODELS,
+    }[want]
+    raise InputError(
+      f"mode {mode!r} trains a {want}, but model {name!r} is a {have}; choose one of "
+      f"{', '.join(choices)}"
+    )
 
 
 def noise_from_config(config: Mapping[str, Any]) -> noise_lib.Noise | None:

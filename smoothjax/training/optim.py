@@ -66,9 +66,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     "(import it and override fields, as smoothjax/configs/mnist_lenet.py does)",
   )
   need(
-    config.model in models.MODELS,
-    f"unknown model {config.model!r}; choose one of {list(models.MODELS)}",
+    config.model in models.ALL_MODELS,
+    f"unknown model {config.model!r}; choose one of {list(models.ALL_MODELS)}",
   )
+  modes.check_model_kind(config)  # a classifier for classifier modes, a denoiser for "denoiser"
   # Builds the noise and the mode's loss: checks noise_sd, the mode and its section.
   modes.build(config)  # noise modes refuse noise_sd = 0 there
   for name in ("batch_size", "eval_batch_size", "num_epochs", "keep_checkpoints"):

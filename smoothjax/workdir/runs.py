@@ -108,8 +108,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   problems = []
   if "model" not in raw:
     problems.append("it lacks 'model'")
-  elif raw["model"] not in models.MODELS:
-    problems.append(f"'model' is {raw['model']!r}, not one of {', '.join(models.MODELS)}")
+  elif raw["model"] not in models.ALL_MODELS:
+    problems.append(f"'model' is {raw['model']!r}, not one of {', '.join(models.ALL_MODELS)}")
   if not (isinstance(raw.get("dataset"), str) and raw["dataset"]):
     problems.append(f"'dataset' must be a dataset name, got {raw.get('dataset')!r}")
   if not (_is_real(raw.get("noise_sd")) and raw["noise_sd"] >= 0):
