@@ -288,4 +288,3 @@ def resolve_noise(
       raise InputError(f"the run was trained without noise (noise_sd = 0); {advice}") from None
     flag = f"--noise {given}" if given else f"the training noise (config.noise) of {workdir}"
     raise InputError(f"{flag}: {e}") from None
-

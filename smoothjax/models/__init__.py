@@ -72,7 +72,6 @@ from smoothjax.models.resnet import (
   ResNet110,
   ResNetTiny,
 )
-from smoothjax.models.unet import UNet, UNetCifar, UNetSmall, UNetTiny
 from smoothjax.models.transforms import (
   COMPUTE_DTYPES,
   compute_dtype,
@@ -81,6 +80,7 @@ from smoothjax.models.transforms import (
   for_inference,
   with_dtype,
 )
+from smoothjax.models.unet import UNet, UNetCifar, UNetSmall, UNetTiny
 
 _CONSTRUCTORS = {
   "cnn": CNN,

@@ -1,4 +1,4 @@
-"""Training modes of denoisers and diffusion models: ``config.mode = "denoiser"`` and ``"diffusion"``.
+"""Training modes of denoisers and diffusion models: ``mode = "denoiser"`` and ``"diffusion"``.
 
 Both are modes like the classifiers' (:mod:`smoothjax.training.modes`), so resume,
 sharding, checkpoints, bfloat16 and multi-host training are the loop's, as for any run.
@@ -220,7 +220,9 @@ def diffusion_mode(config: Mapping, noise: noise_lib.Noise | None):
     or not math.isfinite(max_sigma)
     or max_sigma < 0
   ):
-    raise InputError(f"diffusion.max_sigma must be a number >= 0 (0: every time), got {max_sigma!r}")
+    raise InputError(
+      f"diffusion.max_sigma must be a number >= 0 (0: every time), got {max_sigma!r}"
+    )
   if noise is not None and not isinstance(noise, noise_lib.Gaussian):
     raise InputError(
       f"one-shot diffusion denoising undoes Gaussian noise, not {noise.name}; use "
@@ -244,7 +246,9 @@ def diffusion_mode(config: Mapping, noise: noise_lib.Noise | None):
     sums["eps_mse"] = jnp.sum(real * per_image)
     if noise is not None:
       y = images + noise.sample(noise_key, images.shape, images.dtype)
-      out = diffusion.one_shot_denoise(model, y, diffusion.timestep_for_sigma(noise.sigma, "cosine"))
+      out = diffusion.one_shot_denoise(
+        model, y, diffusion.timestep_for_sigma(noise.sigma, "cosine")
+      )
       sums["mse"] = jnp.sum(real * _per_image_mse(out, images))
       sums["mse_noisy"] = jnp.sum(real * _per_image_mse(y, images))
     return sums

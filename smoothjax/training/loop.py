@@ -146,7 +146,9 @@ class Trainer:
     model, _ = nnx.merge(self.graphdef, state)
     model.eval()
     if self._evaluate is not None:
-      return self._evaluate(model, key, images, labels, **({} if frozen is None else {"frozen": frozen}))
+      return self._evaluate(
+        model, key, images, labels, **({} if frozen is None else {"frozen": frozen})
+      )
     clean = jnp.sum(jnp.argmax(model(images), -1) == labels)
     if self.noise is None:
       return {"accuracy": clean, "accuracy_noisy": clean}
