@@ -512,6 +512,20 @@ def test_attack_generate_and_compare_take_the_denoiser(classifier, denoiser, tmp
   assert res is not None
   settings = json.load(open(str(tmp_path / "a.tsv") + ".settings.json"))
   assert settings["denoiser_noise"] == "gaussian:0.25"
+  summary = jobs.generate.run(
+    jobs.generate.Options(
+      workdir=classifier,
+      outdir=str(tmp_path / "gen"),
+      denoiser=denoiser,
+      classes=(3,),
+      per_class=2,
+      m=0,
+      steps=3,
+    )
+  )
+  assert summary["overall"]["images"] == 2
+  gen_settings = json.load(open(tmp_path / "gen" / "settings.json"))
+  assert gen_settings["denoiser_fingerprint"] == settings["denoiser_fingerprint"]
   table = jobs.compare.run(
     jobs.compare.Options(
       workdirs=[classifier, classifier],
