@@ -241,6 +241,27 @@ def test_loss_falls_on_the_embedded_digits(classifier, mode, model, section):
       np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("family", ["laplace", "uniform"])
+def test_denoiser_mode_trains_under_the_configured_family(family):
+  """The denoiser sees ``x + delta`` with ``delta`` of the run's family at ``noise_sd``."""
+  import scipy.stats
+
+  seen = []
+
+  def model(y):
+    seen.append(np.asarray(y))
+    return y
+
+  images = np.full((64, 28, 28, 1), 0.5, np.float32)
+  config = denoiser_config(noise=family, noise_sd=0.3)
+  loss, aux = modes.build(config)(model, jax.random.key(2), images, np.zeros(64, np.int32), 0)
+  delta = (seen[0] - 0.5).ravel().astype(np.float64)
+  assert abs(delta.std() / 0.3 - 1) < 0.02
+  expected = {"laplace": 3.0, "uniform": -1.2}[family]  # excess kurtosis, Gaussian's is 0
+  assert abs(scipy.stats.kurtosis(delta) - expected) < 0.15
+  assert float(loss) == pytest.approx(float(np.mean(delta**2)), rel=1e-5)  # D = identity
+
+
 def test_the_new_modes_step_the_same_on_8_devices_as_on_1(classifier):
   out = run_with_devices(
     f"""

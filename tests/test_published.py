@@ -382,3 +382,32 @@ def test_fine_tune_a_converted_model_with_the_fixed_point_objective(cohen_workdi
   assert 0 < max(changes) < 0.05
   # The normalisation constants are the checkpoint's (Cohen's), not the mock dataset's.
   assert np.asarray(tuned.normalize.std.get_value()) == pytest.approx(architectures.CIFAR_STD)
+
+
+def test_denoised_smoothing_of_a_converted_model(cohen_workdir, tmp_path):
+  """A DnCNN trained with stability against a converted classifier, then f(D(x)) certified."""
+  import tensorflow_datasets as tfds
+
+  from smoothjax import jobs, training
+  from smoothjax.configs import embedded_denoiser
+
+  config = embedded_denoiser.get_config()
+  config.update(
+    model="dncnn_tiny", dataset="cifar10", batch_size=8, eval_batch_size=8, num_epochs=1,
+    progress=False,
+  )
+  config.denoiser.loss = "mse+stability"
+  config.denoiser.classifier = cohen_workdir
+  denoiser = str(tmp_path / "denoiser")
+  with tfds.testing.mock_data(num_examples=8):
+    last = training.train_and_evaluate(config, denoiser)
+    assert np.isfinite(last["train_loss"]) and 0 <= last["test_accuracy_noisy"] <= 1
+    res = jobs.certify.run(
+      jobs.certify.Options(
+        workdir=cohen_workdir, denoiser=denoiser, outfile=str(tmp_path / "c.tsv"), n0=8, n=32,
+        batch=40, count=2,
+      )
+    )
+  assert len(res.idx) == 2
+  settings = json.loads((tmp_path / "c.tsv.settings.json").read_text())
+  assert settings["dataset"] == "cifar10" and settings["denoiser"] == os.path.abspath(denoiser)
