@@ -48,6 +48,7 @@ from smoothjax import noise as noise_lib
 from smoothjax import workdir as workdir_lib
 from smoothjax.errors import InputError
 from smoothjax.models import diffusion
+from smoothjax.workdir import checkpoints
 
 LOSSES = ("mse", "stability", "classification", "mse+stability", "mse+classification")
 DENOISER_DEFAULTS = {"loss": "mse", "classifier": "", "classifier_epoch": -1, "sigmas": ()}
@@ -93,6 +94,12 @@ def check_classifier(source: str, config: Mapping) -> None:
       f"denoiser.classifier {source} was trained on dataset={saved.dataset!r}, this run is on "
       f"{config.get('dataset')!r}; train the denoiser on the classifier's dataset"
     )
+  ckpt = checkpoints.Checkpointer(source, create=False)
+  try:
+    if ckpt.latest_step() is None:
+      raise InputError(f"denoiser.classifier {source} has no checkpoints; train it first")
+  finally:
+    ckpt.close()
 
 
 def _sigmas(s, noise, conditioned: bool) -> tuple[float, ...]:
@@ -179,8 +186,6 @@ def denoiser_mode(config: Mapping, noise: noise_lib.Noise | None):
 
   def load_frozen():
     nonlocal graphdef
-    from smoothjax.workdir import checkpoints
-
     model, _, _, _ = checkpoints.restore_model(source, None if epoch < 0 else epoch)
     graphdef, state = nnx.split(model)
     return state
