@@ -170,7 +170,7 @@ def main():
           )
         ),
         "acr": float(analysis.acr(res)),
-        "seconds_per_input": float(np.mean(res.time)),
+        "seconds_per_input": float(np.mean(res.extra["time"])),
         "abstain": 100 * float(np.mean(res.predict < 0)),
       }
       table["rows"].append(row)
