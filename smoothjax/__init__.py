@@ -4,7 +4,8 @@ The package is layered, and its folders are the layers (``docs/design.md`` has t
 rank table that ``tests/test_layers.py`` enforces): each imports only lower ones.
 
 * leaves: ``errors``, ``hashing``, ``locks``, ``stopping``; ``configs`` (shipped configs)
-* ``noise``, ``devices``, ``models``, ``data``
+* ``noise``, ``devices``, ``models`` (classifiers, denoisers, diffusion models and
+  one-shot diffusion denoising), ``data``
 * ``smoothing`` (CERTIFY and PREDICT), ``workdir`` (run files, checkpoints),
   ``published`` (PyTorch checkpoints read without torch, the authors' architectures)
 * ``results`` (result files), ``objectives`` (losses, attacks, generation)
