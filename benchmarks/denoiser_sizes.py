@@ -45,6 +45,7 @@ def main():
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
       history = [json.loads(line) for line in f]
     model, _, _, _ = checkpoints.restore_model(workdir)
+    parameters = models.param_count(model)  # as trained (folding changes the count)
     model = models.for_inference(model)
     graphdef, state = nnx.split(model)
     forward = jax.jit(lambda s, x, g=graphdef: nnx.merge(g, s)(x))
@@ -56,7 +57,7 @@ def main():
     rows.append(
       {
         "model": name,
-        "parameters": models.param_count(model),
+        "parameters": parameters,
         "epochs": args.epochs,
         "test_mse": history[-1]["test_mse"],
         "test_mse_noisy": history[-1]["test_mse_noisy"],
