@@ -23,7 +23,6 @@ from conftest import (
   run_program_cases,
   run_with_devices,
   tiny_run,
-  train_tiny,
 )
 from flax import nnx
 
@@ -323,8 +322,8 @@ def test_killed_and_resumed_run_ends_with_the_same_parameters(
   )
   if section is not None:
     overrides["denoiser"] = {**section, "classifier": classifier}
-  else:  # a small dataset: 10 steps an epoch
-    overrides.update(dataset=_idx_folder(tmp_path / "d", 28, train=320), batch_size=32)
+  else:  # a small dataset of small images: 10 steps an epoch
+    overrides.update(dataset=_idx_folder(tmp_path / "d", 14, train=160), batch_size=16)
   config = denoiser_config(mode, model, **overrides)
   whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
   training.train_and_evaluate(config, whole)
@@ -434,7 +433,7 @@ def test_certificates_equal_those_of_the_hand_composed_logits_function(
   assert settings["denoiser_noise"] == "gaussian:0.25"
 
 
-def test_fingerprints_of_both_parts_guard_resume(classifier, denoiser, tmp_path):
+def test_fingerprints_of_both_parts_guard_resume(classifier, denoiser, tmp_path, tmp_path_factory):
   outfile = str(tmp_path / "c.tsv")
 
   def certify(**changes):
@@ -454,8 +453,7 @@ def test_fingerprints_of_both_parts_guard_resume(classifier, denoiser, tmp_path)
     certify(denoiser=retrained)
   with pytest.raises(InputError, match="denoiser"):
     certify(denoiser=None, sigma=0.25)
-  other_classifier = str(tmp_path / "clf2")
-  train_tiny(other_classifier, *STANDARD, "--config.seed=3")
+  other_classifier = str(tiny_run(tmp_path_factory))  # the tiny CNN trained under noise
   with pytest.raises(InputError, match="model_fingerprint"):
     certify(workdir=other_classifier)
   with open(outfile) as f:
