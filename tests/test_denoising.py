@@ -266,37 +266,15 @@ def test_the_new_modes_step_the_same_on_8_devices_as_on_1(classifier):
     f"""
       import sys
       sys.path.insert(0, "tests")
-      import jax, numpy as np
-      from flax import nnx
-      from smoothjax import data, training
-      from smoothjax.devices import parallel
       from test_denoising import denoiser_config
-      ds = data.load("embedded_mnist")
-      images, labels = ds.split("train").get(np.arange(16))
-      labels = labels.astype(np.int32)
-      def run(config, mesh):
-        trainer = training.make_trainer(config, ds.info, steps_per_epoch=10)
-        state = parallel.replicate(trainer.state(), mesh)
-        if trainer.frozen is not None:
-          trainer.frozen = parallel.replicate(trainer.frozen, mesh)
-        for step in range(2):
-          batch = parallel.shard_batch((images, labels), mesh)
-          key = jax.random.fold_in(jax.random.key(0), step)
-          state, m = trainer.train_step(state, *batch, key, 0)
-        return jax.tree.leaves(jax.tree.map(np.asarray, nnx.to_pure_dict(state))), float(m["loss"])
-      assert len(jax.devices()) == 8
-      cases = {{
+      from test_modes import print_one_and_eight_devices
+      print_one_and_eight_devices({{
         "mse": denoiser_config(batch_size=16),
         "stability": denoiser_config(
           batch_size=16, denoiser={{"loss": "mse+stability", "classifier": {classifier!r}}}
         ),
         "diffusion": denoiser_config("diffusion", "unet_tiny", batch_size=16),
-      }}
-      for name, config in cases.items():
-        one, loss1 = run(config, parallel.make_mesh(jax.devices()[:1]))
-        eight, loss8 = run(config, parallel.make_mesh())
-        worst = max(float(np.max(np.abs(a - b))) for a, b in zip(one, eight))
-        print("MODE", name, worst, abs(loss1 - loss8))
+      }})
       """
   )
   lines = [ln.split() for ln in out.splitlines() if ln.startswith("MODE")]
@@ -507,12 +485,12 @@ def test_bad_pairings_are_refused_in_one_line_with_nothing_written(
     (["--denoiser", str(tmp_path / "missing")], "no trained run"),
     (["--denoiser_epoch", "1"], "--denoiser_epoch is an epoch of --denoiser"),
   ]
-  outcomes = run_program_cases("certify", [base + c for c, _ in cases], tmp_path)
-  for outcome, (_, pattern) in zip(outcomes, cases, strict=True):
+  args = [base + c for c, _ in cases]
+  args.append(["--workdir", denoiser, "--outfile", out, "--denoiser", classifier])  # swapped
+  patterns = [p for _, p in cases] + ["not a classifier; certify a classifier with"]
+  outcomes = run_program_cases("certify", args, tmp_path)
+  for outcome, pattern in zip(outcomes, patterns, strict=True):
     assert_one_line_outcome(outcome, pattern)
-  swapped = ["--workdir", denoiser, "--outfile", out, "--denoiser", classifier]
-  (outcome,) = run_program_cases("certify", [swapped], tmp_path)
-  assert_one_line_outcome(outcome, "not a classifier; certify a classifier with")
   assert not os.path.exists(os.path.dirname(out))
 
 

@@ -187,34 +187,46 @@ def test_unknown_mode_setting_is_refused():
     modes.build(config)
 
 
+def print_one_and_eight_devices(configs) -> None:
+  """In a process of 8 devices: two steps of each named config on 1 device and on 8.
+
+  Prints ``MODE name worst dloss`` per config: the largest parameter difference and the
+  loss difference. A frozen model the mode trains against is replicated like the state.
+  """
+  from smoothjax.devices import parallel
+
+  ds = data.load("embedded_mnist")
+  images, labels = ds.split("train").get(np.arange(16))
+  labels = labels.astype(np.int32)
+
+  def run(config, mesh):
+    trainer = training.make_trainer(config, ds.info, steps_per_epoch=10)
+    state = parallel.replicate(trainer.state(), mesh)
+    if trainer.frozen is not None:
+      trainer.frozen = parallel.replicate(trainer.frozen, mesh)
+    for step in range(2):
+      batch = parallel.shard_batch((images, labels), mesh)
+      key = jax.random.fold_in(jax.random.key(0), step)
+      state, m = trainer.train_step(state, *batch, key, 0)
+    return flat(state), float(m["loss"])
+
+  assert len(jax.devices()) == 8
+  for name, config in configs.items():
+    one, loss1 = run(config, parallel.make_mesh(jax.devices()[:1]))
+    eight, loss8 = run(config, parallel.make_mesh())
+    worst = max(float(np.max(np.abs(a - b))) for a, b in zip(one, eight, strict=True))
+    print("MODE", name, worst, abs(loss1 - loss8))
+
+
 def test_every_mode_steps_the_same_on_8_devices_as_on_1():
   out = run_with_devices(
     """
       import sys
       sys.path.insert(0, "tests")
-      import jax, numpy as np
-      from flax import nnx
-      from smoothjax import data, training
-      from smoothjax.devices import parallel
-      from test_modes import MULTI_DEVICE_MODES, mode_config
-      ds = data.load("embedded_mnist")
-      images, labels = ds.split("train").get(np.arange(16))
-      labels = labels.astype(np.int32)
-      def run(config, mesh):
-        trainer = training.make_trainer(config, ds.info, steps_per_epoch=10)
-        state = parallel.replicate(trainer.state(), mesh)
-        for step in range(2):
-          batch = parallel.shard_batch((images, labels), mesh)
-          key = jax.random.fold_in(jax.random.key(0), step)
-          state, m = trainer.train_step(state, *batch, key, 0)
-        return jax.tree.leaves(jax.tree.map(np.asarray, nnx.to_pure_dict(state))), float(m["loss"])
-      assert len(jax.devices()) == 8
-      for mode in MULTI_DEVICE_MODES:
-        config = mode_config(mode, batch_size=16)
-        one, loss1 = run(config, parallel.make_mesh(jax.devices()[:1]))
-        eight, loss8 = run(config, parallel.make_mesh())
-        worst = max(float(np.max(np.abs(a - b))) for a, b in zip(one, eight))
-        print("MODE", mode, worst, abs(loss1 - loss8))
+      from test_modes import MULTI_DEVICE_MODES, mode_config, print_one_and_eight_devices
+      print_one_and_eight_devices(
+        {mode: mode_config(mode, batch_size=16) for mode in MULTI_DEVICE_MODES}
+      )
       """
   )
   lines = [ln.split() for ln in out.splitlines() if ln.startswith("MODE")]

@@ -48,27 +48,12 @@ from smoothjax import noise as noise_lib
 from smoothjax import workdir as workdir_lib
 from smoothjax.errors import InputError
 from smoothjax.models import diffusion
+from smoothjax.training.settings import for_inputs, number, section
 from smoothjax.workdir import checkpoints
 
 LOSSES = ("mse", "stability", "classification", "mse+stability", "mse+classification")
 DENOISER_DEFAULTS = {"loss": "mse", "classifier": "", "classifier_epoch": -1, "sigmas": ()}
 DIFFUSION_DEFAULTS = {"max_sigma": 0.0}
-
-
-def _section(config: Mapping, name: str, defaults: Mapping) -> dict:
-  section = config.get(name) or {}
-  given = section.to_dict() if hasattr(section, "to_dict") else dict(section)
-  unknown = sorted(set(given) - set(defaults))
-  if unknown:
-    raise InputError(
-      f"unknown setting(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
-      f"{name} takes {', '.join(sorted(defaults))}"
-    )
-  return {**defaults, **given}
-
-
-def _for_inputs(noise, images):
-  return noise.bind(math.prod(images.shape[1:]))
 
 
 def _per_image_mse(a, b):
@@ -94,12 +79,7 @@ def check_classifier(source: str, config: Mapping) -> None:
       f"denoiser.classifier {source} was trained on dataset={saved.dataset!r}, this run is on "
       f"{config.get('dataset')!r}; train the denoiser on the classifier's dataset"
     )
-  ckpt = checkpoints.Checkpointer(source, create=False)
-  try:
-    if ckpt.latest_step() is None:
-      raise InputError(f"denoiser.classifier {source} has no checkpoints; train it first")
-  finally:
-    ckpt.close()
+  checkpoints.require_checkpoints(source, "denoiser.classifier")
 
 
 def _sigmas(s, noise, conditioned: bool) -> tuple[float, ...]:
@@ -122,7 +102,7 @@ def denoiser_mode(config: Mapping, noise: noise_lib.Noise | None):
   """The ``denoiser`` mode's loss; see the module docstring."""
   if noise is None:
     raise InputError("mode 'denoiser' trains at a noise level: set --config.noise_sd > 0")
-  s = _section(config, "denoiser", DENOISER_DEFAULTS)
+  s = section(config, "denoiser", DENOISER_DEFAULTS)
   if s["loss"] not in LOSSES:
     raise InputError(f"denoiser.loss must be one of {', '.join(LOSSES)}, got {s['loss']!r}")
   terms = s["loss"].split("+")
@@ -135,9 +115,7 @@ def denoiser_mode(config: Mapping, noise: noise_lib.Noise | None):
     )
   if source:
     check_classifier(source, config)
-  epoch = s["classifier_epoch"]
-  if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < -1:
-    raise InputError(f"denoiser.classifier_epoch must be an epoch >= 0 or -1, got {epoch!r}")
+  epoch = number(s, "classifier_epoch", low=-1, integer=True)  # -1: the latest
   name = config.get("model")
   conditioned = models.is_conditioned(name)
   sigmas = _sigmas(s, noise, conditioned)
@@ -146,7 +124,7 @@ def denoiser_mode(config: Mapping, noise: noise_lib.Noise | None):
   def draw(key, images):
     """Noisy images and each one's noise level."""
     level_key, noise_key = jax.random.split(key)
-    delta = _for_inputs(noise, images).sample(noise_key, images.shape, images.dtype)
+    delta = for_inputs(noise, images).sample(noise_key, images.shape, images.dtype)
     level = jnp.full((images.shape[0],), noise.sigma, jnp.float32)
     if len(sigmas) > 1 or sigmas[0] != noise.sigma:
       level = table[jax.random.randint(level_key, (images.shape[0],), 0, len(sigmas))]
@@ -193,7 +171,7 @@ def denoiser_mode(config: Mapping, noise: noise_lib.Noise | None):
   def evaluate(model, key, images, labels, frozen=None):
     """Sums over the batch's real rows (padding rows have label -1)."""
     real = (labels >= 0).astype(jnp.float32)
-    delta = _for_inputs(noise, images).sample(key, images.shape, images.dtype)
+    delta = for_inputs(noise, images).sample(key, images.shape, images.dtype)
     y = images + delta
     level = jnp.full((images.shape[0],), noise.sigma, jnp.float32)
     out = denoise(model, y, level)
@@ -217,17 +195,8 @@ def denoiser_mode(config: Mapping, noise: noise_lib.Noise | None):
 
 def diffusion_mode(config: Mapping, noise: noise_lib.Noise | None):
   """The ``diffusion`` mode's loss; see the module docstring."""
-  s = _section(config, "diffusion", DIFFUSION_DEFAULTS)
-  max_sigma = s["max_sigma"]
-  if (
-    isinstance(max_sigma, bool)
-    or not isinstance(max_sigma, numbers.Real)
-    or not math.isfinite(max_sigma)
-    or max_sigma < 0
-  ):
-    raise InputError(
-      f"diffusion.max_sigma must be a number >= 0 (0: every time), got {max_sigma!r}"
-    )
+  s = section(config, "diffusion", DIFFUSION_DEFAULTS)
+  max_sigma = number(s, "max_sigma", low=0)  # 0: every time
   if noise is not None and not isinstance(noise, noise_lib.Gaussian):
     raise InputError(
       f"one-shot diffusion denoising undoes Gaussian noise, not {noise.name}; use "

@@ -609,12 +609,7 @@ def _check_init_from(config: ml_collections.ConfigDict, workdir: str) -> None:
       f"init_from {source} holds a model that {'clamps' if clip else 'does not clamp'} its "
       f"inputs to [0, 1] (clip_inputs={clip}); pass --config.clip_inputs={clip} to fine-tune it"
     )
-  ckpt = checkpointing.Checkpointer(source, create=False)
-  try:
-    if ckpt.latest_step() is None:
-      raise InputError(f"init_from {source} has no checkpoints; train it first")
-  finally:
-    ckpt.close()
+  checkpointing.require_checkpoints(source, "init_from")
 
 
 def _initial_state(trainer: Trainer, source: str):

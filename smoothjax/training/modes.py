@@ -77,6 +77,9 @@ from smoothjax import noise as noise_lib
 from smoothjax.errors import InputError
 from smoothjax.objectives import attacks, generation, losses
 from smoothjax.training import denoising
+from smoothjax.training.settings import for_inputs
+from smoothjax.training.settings import number as _number
+from smoothjax.training.settings import section as _section
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -106,11 +109,6 @@ def _accuracy(logits, labels):
   return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-def for_inputs(noise, images):
-  """``noise`` bound to the dimension of one of ``images`` (a batch), as expinf needs."""
-  return noise.bind(math.prod(images.shape[1:]))
-
-
 def _noisy_copies(model, key, images, noise, m):
   """Logits ``(m, B, K)`` of ``m`` noisy copies of every image, in one forward pass."""
   eps = losses.noise_batch(for_inputs(noise, images), key, m, images.shape, images.dtype)
@@ -122,46 +120,10 @@ def _noisy_copies(model, key, images, noise, m):
 # Settings: each mode's section of the config, checked when the mode is built.
 
 
-def _number(settings, name, *, low=None, high=None, integer=False, low_open=False):
-  value = settings[name]
-  kind = "an integer" if integer else "a number"
-  ok = isinstance(value, numbers.Integral if integer else numbers.Real) and not isinstance(
-    value, bool
-  )
-  ok = ok and math.isfinite(value)
-  if ok and low is not None:
-    ok = value > low if low_open else value >= low
-  if ok and high is not None:
-    ok = value <= high
-  if not ok:
-    bounds = []
-    if low is not None:
-      bounds.append(f"{'>' if low_open else '>='} {low}")
-    if high is not None:
-      bounds.append(f"<= {high}")
-    raise InputError(
-      f"{settings['_section']}.{name} must be {kind} {' and '.join(bounds)}, got {value!r}"
-    )
-  return int(value) if integer else float(value)
-
-
 def _need_noise(name, noise):
   if noise is None:
     raise InputError(f"mode {name!r} trains under noise: set --config.noise_sd to a value > 0")
   return noise
-
-
-def _section(config: Mapping[str, Any], name: str, defaults: Mapping[str, Any]) -> dict:
-  """The mode's config section over its defaults; unknown keys are refused."""
-  section = config.get(name) or {}
-  given = section.to_dict() if hasattr(section, "to_dict") else dict(section)
-  unknown = sorted(set(given) - set(defaults))
-  if unknown:
-    raise InputError(
-      f"unknown setting(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
-      f"{name} takes {', '.join(sorted(defaults))}"
-    )
-  return {**defaults, **given, "_section": name}
 
 
 # --------------------------------------------------------------------------

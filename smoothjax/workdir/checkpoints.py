@@ -60,6 +60,7 @@ __all__ = [
   "Checkpointer",
   "load_config",
   "load_info",
+  "require_checkpoints",
   "restore_model",
   "save_json",
   "save_run_files",
@@ -470,6 +471,20 @@ class Checkpointer:
         self.manager.close()
       raise
     self.manager.close()
+
+
+def require_checkpoints(workdir: str, what: str) -> None:
+  """Refuses a workdir without checkpoints: ``what`` (a setting's name) names it in the error.
+
+  Raises:
+    InputError: ``"{what} {workdir} has no checkpoints; train it first"``.
+  """
+  ckpt = Checkpointer(workdir, create=False)
+  try:
+    if ckpt.latest_step() is None:
+      raise InputError(f"{what} {workdir} has no checkpoints; train it first")
+  finally:
+    ckpt.close()
 
 
 def restore_model(workdir: str, epoch: int | None = None):
